@@ -1,0 +1,109 @@
+"""The job API: initiate, status, result, redirect, cancel (the long-running-operation pattern)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urljoin
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from server.api.params import job_id_param, services_of
+from server.api.responses import JSONResponse, read_body
+from server.api.schemas import InitiateRequest, InitiateResponse, ResultResponse
+from server.errors import BadRequest, JobStateConflict
+from server.frames import JobSnapshot, JobStatus
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+POLL_AFTER_S = "2"
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise BadRequest("Idempotency-Key must be 1-255 printable characters without spaces")
+    return key
+
+
+def job_links(request: Request, job_id: str) -> dict[str, str]:
+    base = str(request.base_url).rstrip("/")
+    ws_base = "ws" + base.removeprefix("http")
+    return {
+        "status_url": f"{base}/v1/download/status/{job_id}",
+        "result_url": f"{base}/v1/download/result/{job_id}",
+        "subscribe_url": f"{ws_base}/v1/download/subscribe/{job_id}",
+        "stream_url": f"{base}/v1/download/stream/{job_id}",
+        "cancel_url": f"{base}/v1/download/cancel/{job_id}",
+    }
+
+
+async def initiate(request: Request) -> Response:
+    body = await read_body(request, InitiateRequest)
+    file_ids = list(dict.fromkeys(body.file_ids))  # de-duplicate, keep the caller's order
+    record, created = await services_of(request).jobs.create(
+        file_ids,
+        idempotency_key=_idempotency_key(request),
+        request_id=getattr(request.state, "request_id", None),
+    )
+    job = record.job
+    links = job_links(request, job.job_id)
+    response = InitiateResponse(
+        job_id=job.job_id,
+        status=job.status,
+        total_file_ids=job.total_file_ids,
+        created_at=job.created_at,
+        **links,
+    )
+    headers = {"Location": links["status_url"], "Retry-After": POLL_AFTER_S}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(response, status_code=202, headers=headers)
+
+
+def absolute(request: Request, url: str) -> str:
+    """Local-store links are root-relative (frames are shared by every client); HTTP
+    answers resolve them against the URL the caller used."""
+    return urljoin(str(request.base_url), url)
+
+
+async def status(request: Request) -> Response:
+    snapshot = await services_of(request).jobs.snapshot(job_id_param(request))
+    if snapshot.download_url:
+        snapshot.download_url = absolute(request, snapshot.download_url)
+    headers = {} if snapshot.status.is_terminal else {"Retry-After": POLL_AFTER_S}
+    return JSONResponse(snapshot, headers=headers)
+
+
+async def _completed(request: Request) -> JobSnapshot:
+    snapshot = await services_of(request).jobs.snapshot(job_id_param(request))
+    if snapshot.status is not JobStatus.COMPLETED or snapshot.download_url is None:
+        raise JobStateConflict(
+            f"job {snapshot.job_id} is {snapshot.status.value}; the result exists once it is completed",
+            snapshot.status,
+        )
+    return snapshot
+
+
+async def result(request: Request) -> Response:
+    snapshot = await _completed(request)
+    assert snapshot.download_url is not None and snapshot.expires_at is not None
+    return JSONResponse(
+        ResultResponse(
+            job_id=snapshot.job_id,
+            status=snapshot.status,
+            download_url=absolute(request, snapshot.download_url),
+            expires_at=snapshot.expires_at,
+            size=snapshot.size,
+        )
+    )
+
+
+async def redirect(request: Request) -> Response:
+    snapshot = await _completed(request)
+    assert snapshot.download_url is not None
+    return RedirectResponse(absolute(request, snapshot.download_url), status_code=302)
+
+
+async def cancel(request: Request) -> Response:
+    snapshot = await services_of(request).jobs.cancel(job_id_param(request))
+    return JSONResponse(snapshot)

@@ -1,0 +1,101 @@
+"""The original service's endpoints, unchanged for its existing clients (shared/CONTRACT.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from urllib.parse import urljoin
+from collections.abc import Awaitable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.api.params import services_of
+from server.api.responses import JSONResponse, read_body
+from server.api.schemas import (
+    CheckRequest,
+    CheckResponse,
+    HealthResponse,
+    RootResponse,
+    StartRequest,
+    StartResponse,
+)
+from server.errors import StorageError
+from server.storage.keys import source_key
+
+HEALTH_CHECK_TIMEOUT_S = 2.0
+
+
+async def root(request: Request) -> Response:
+    return JSONResponse(RootResponse(message="Hello Hono!"))
+
+
+async def health(request: Request) -> Response:
+    checks = services_of(request).health_checks()
+    results = await asyncio.gather(*(_within_timeout(c) for c in checks.values()))
+    healthy = all(results)
+    body = HealthResponse(
+        status="healthy" if healthy else "unhealthy",
+        checks={name: ("ok" if ok else "error") for name, ok in zip(checks, results, strict=True)},
+    )
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+async def _within_timeout(check: Awaitable[bool]) -> bool:
+    try:
+        async with asyncio.timeout(HEALTH_CHECK_TIMEOUT_S):
+            return await check
+    except Exception:
+        return False
+
+
+async def check(request: Request) -> Response:
+    body = await read_body(request, CheckRequest)
+    if request.query_params.get("sentry_test") == "true":
+        raise RuntimeError("Sentry test error: POST /v1/download/check?sentry_test=true")
+    key = source_key(body.file_id)
+    try:
+        info = await services_of(request).storage.head(key)
+    except StorageError:
+        info = None  # the contract: any storage error reads as "not available", never a 500
+    return JSONResponse(
+        CheckResponse(
+            file_id=body.file_id,
+            available=info is not None,
+            s3_key=key if info else None,
+            size=info.size if info else None,
+        )
+    )
+
+
+async def start(request: Request) -> Response:
+    """Deprecated: blocks for the whole simulated download. Use POST /v1/download/initiate."""
+    body = await read_body(request, StartRequest)
+    services = services_of(request)
+    settings = services.settings
+    began = time.monotonic()
+    if settings.download_delay_enabled:
+        low, high = settings.download_delay_min_ms, settings.download_delay_max_ms
+        await asyncio.sleep(random.uniform(low, high) / 1000)
+    key = source_key(body.file_id)
+    try:
+        info = await services.storage.head(key)
+    except StorageError:
+        info = None
+    url = None
+    if info is not None:
+        link = await services.storage.presign(key, settings.download_url_ttl_s)
+        url = urljoin(str(request.base_url), link.url)
+    elapsed = int((time.monotonic() - began) * 1000)
+    return JSONResponse(
+        StartResponse(
+            file_id=body.file_id,
+            status="completed" if info else "failed",
+            download_url=url,
+            size=info.size if info else None,
+            processing_time_ms=elapsed,
+            message="Download ready" if info else "File not found",
+        ),
+        headers={"Deprecation": "true", "Link": '</v1/download/initiate>; rel="successor-version"'},
+    )

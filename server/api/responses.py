@@ -1,0 +1,81 @@
+"""JSON in and out: msgspec responses, body decoding, and the error -> response mapping."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.api.schemas import ErrorResponse
+from server.errors import BadRequest, DelineateError, UnsupportedMediaType
+from server.frames import JobStatus, encoder
+
+T = TypeVar("T")
+MAX_BODY_BYTES = 1024 * 1024
+log = logging.getLogger("delineate.http")
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return encoder.encode(content)
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", ""))
+
+
+def error_body(status: int, message: str, request_id: str, *, job_status: JobStatus | None = None) -> bytes:
+    from http import HTTPStatus
+
+    return encoder.encode(
+        ErrorResponse(
+            error=HTTPStatus(status).phrase, message=message, request_id=request_id, status=job_status
+        )
+    )
+
+
+def error_response(exc: DelineateError, request_id: str) -> Response:
+    body = error_body(exc.status, exc.message, request_id, job_status=getattr(exc, "job_status", None))
+    return Response(body, status_code=exc.status, headers=exc.headers, media_type="application/json")
+
+
+async def read_body(request: Request, type_: type[T]) -> T:
+    """Decode and validate a JSON body; 415 for another media type, 400 for bad JSON/shape."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType("the request body must be JSON (Content-Type: application/json)")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest("the request body is too large")
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request body: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+async def handle_delineate_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DelineateError)
+    return error_response(exc, request_id_of(request))
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(
+        exc.status_code, str(exc.detail)
+    )
+    body = error_body(exc.status_code, message, request_id_of(request))
+    return Response(body, exc.status_code, headers=exc.headers, media_type="application/json")
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc)
+    body = error_body(500, "an unexpected error occurred", request_id_of(request))
+    return Response(body, 500, media_type="application/json")

@@ -1,0 +1,125 @@
+"""Every route of the service, with the metadata its OpenAPI entry is generated from.
+
+One table serves both the router and the document, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from server.api import files, jobs, legacy, openapi
+from server.api.schemas import (
+    CheckRequest,
+    CheckResponse,
+    ErrorResponse,
+    HealthResponse,
+    InitiateRequest,
+    InitiateResponse,
+    ResultResponse,
+    RootResponse,
+    StartRequest,
+    StartResponse,
+)
+from server.frames import AnyFrame, AnyServerMessage, JobSnapshot
+from server.realtime import sse, websocket
+
+
+class Operation(msgspec.Struct, frozen=True, kw_only=True):
+    method: str
+    path: str
+    endpoint: Callable[..., Any]
+    summary: str
+    tag: str
+    request: Any = None
+    responses: dict[int, Any] = msgspec.field(default_factory=dict)
+    description: str = ""
+    deprecated: bool = False
+    media_type: str = "application/json"
+    path_params: tuple[str, ...] = ()
+    query: dict[str, str] = msgspec.field(default_factory=dict)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+JOB = ("job_id",)
+ERRORS_JOB = {400: ErrorResponse, 404: ErrorResponse}
+
+OPERATIONS: list[Operation] = [
+    Operation(method="GET", path="/", endpoint=legacy.root, summary="Service greeting", tag="service",
+              responses={200: RootResponse}),
+    Operation(method="GET", path="/health", endpoint=legacy.health, summary="Dependency checks",
+              tag="service", responses={200: HealthResponse, 503: HealthResponse}),
+    Operation(method="POST", path="/v1/download/check", endpoint=legacy.check, tag="downloads",
+              summary="Is a file available?", request=CheckRequest,
+              responses={200: CheckResponse, 400: ErrorResponse, 415: ErrorResponse},
+              query={"sentry_test": "Exactly `true` raises an intentional error (500)."}),
+    Operation(method="POST", path="/v1/download/start", endpoint=legacy.start, tag="downloads",
+              summary="Blocking download (deprecated)", request=StartRequest, deprecated=True,
+              description="Waits the whole simulated processing time (10-200 s by default) and dies "
+              "behind proxies with 60-100 s timeouts. Use POST /v1/download/initiate and follow "
+              "the job over WebSocket or SSE instead.",
+              responses={200: StartResponse, 400: ErrorResponse, 504: ErrorResponse}),
+    Operation(method="POST", path="/v1/download/initiate", endpoint=jobs.initiate, tag="jobs",
+              summary="Start a download job", request=InitiateRequest,
+              headers={"Idempotency-Key": "Retrying with the same key returns the same job."},
+              responses={202: InitiateResponse, 400: ErrorResponse, 409: ErrorResponse,
+                         415: ErrorResponse}),
+    Operation(method="GET", path="/v1/download/status/{job_id}", endpoint=jobs.status, tag="jobs",
+              summary="Job status (polling fallback)", path_params=JOB,
+              responses={200: JobSnapshot, **ERRORS_JOB}),
+    Operation(method="GET", path="/v1/download/result/{job_id}", endpoint=jobs.result, tag="jobs",
+              summary="Download link of a completed job", path_params=JOB,
+              responses={200: ResultResponse, 409: ErrorResponse, **ERRORS_JOB}),
+    Operation(method="POST", path="/v1/download/cancel/{job_id}", endpoint=jobs.cancel, tag="jobs",
+              summary="Cancel a queued or running job", path_params=JOB,
+              responses={200: JobSnapshot, 409: ErrorResponse, **ERRORS_JOB}),
+    Operation(method="GET", path="/v1/download/stream/{job_id}", endpoint=sse.stream, tag="realtime",
+              summary="Job frames as Server-Sent Events", path_params=JOB,
+              media_type="text/event-stream",
+              description="`id:` is the frame's seq, `event:` its type, `data:` the frame as JSON. "
+              "Send `Last-Event-ID` (or `?since=`) to resume after a seq. Ends after the terminal "
+              "frame; `: keepalive` comments keep idle proxies from closing the stream.",
+              query={"since": "Resume after this seq."},
+              headers={"Last-Event-ID": "Resume after this seq (sent by EventSource)."},
+              responses={200: AnyFrame, **ERRORS_JOB}),
+    Operation(method="GET", path="/v1/download/{job_id}", endpoint=jobs.redirect, tag="jobs",
+              summary="Redirect (302) to the bundle of a completed job", path_params=JOB,
+              responses={302: None, 409: ErrorResponse, **ERRORS_JOB}),
+    Operation(method="GET", path="/openapi.json", endpoint=openapi.document, tag="service",
+              summary="This document", responses={200: None}),
+    Operation(method="GET", path="/openapi", endpoint=openapi.document, tag="service",
+              summary="This document (the original service's path)", responses={200: None}),
+    Operation(method="GET", path="/docs", endpoint=openapi.docs, tag="service",
+              summary="Rendered API documentation", media_type="text/html", responses={200: None}),
+]
+
+WEBSOCKETS = {
+    "/v1/download/subscribe/{job_id}": websocket.subscribe_one,
+    "/v1/ws": websocket.multiplexed,
+}
+WEBSOCKET_DOC = (
+    "WebSocket endpoints (not expressible in OpenAPI paths): `GET /v1/download/subscribe/{job_id}"
+    "[?since=SEQ]` upgrades to a socket that sends a snapshot (or the frames after SEQ), every "
+    "frame, then closes 1000 after the terminal frame. `GET /v1/ws` carries many jobs: send "
+    '`{"op":"subscribe","jobId":...,"since":...}`, `{"op":"unsubscribe","jobId":...}` or '
+    '`{"op":"ping"}`; the server answers with `ack`, `pong` or `error` messages and the frames '
+    "of every subscribed job. The schema `ServerMessage` lists every message a socket carries."
+)
+
+
+def build_routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    for op in OPERATIONS:
+        # The bare redirect takes only uuid-shaped ids, so `GET /v1/download/check` is a 405.
+        path = op.path.replace("/v1/download/{job_id}", "/v1/download/{job_id:uuid}")
+        routes.append(Route(path, op.endpoint, methods=[op.method]))
+    routes.extend(WebSocketRoute(path, endpoint) for path, endpoint in WEBSOCKETS.items())
+    routes.append(Route("/v1/files/{key:path}", files.download, methods=["GET"]))
+    return routes
+
+
+def openapi_document() -> dict[str, Any]:
+    return openapi.build(OPERATIONS, extra_schemas=[AnyServerMessage], description=WEBSOCKET_DOC)

@@ -1,0 +1,59 @@
+"""The Broker interface: how encoded frames move between a job and its watchers.
+
+A broker does four things and no more: allocate a job's next ``seq``; publish an encoded
+frame (append it to the job's bounded history, then fan it out to every replica that
+subscribed to the job's channel); read the history after a seq; and subscribe/unsubscribe
+this replica to a job's channel. Policy (who watches what, resume, slow clients) lives in
+``server.realtime.hub``. One module per backend: ``memory`` (one process) and ``redis``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import msgspec
+
+Deliver = Callable[[str, bytes], None]
+"""Called with (job_id, encoded frame) for every frame on a channel this replica follows."""
+
+
+class History(msgspec.Struct, frozen=True):
+    """Frames after the asked-for seq, in order, and the oldest seq still retained."""
+
+    frames: list[tuple[int, bytes]]
+    first_retained: int | None
+
+
+class Broker(abc.ABC):
+    name: str = "broker"
+    health_key: str | None = None
+    """The /health check this backend reports under (None: nothing to check)."""
+
+    @abc.abstractmethod
+    async def start(self, deliver: Deliver) -> None:
+        """Connect and begin delivering messages of subscribed channels to ``deliver``."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    async def next_seq(self, job_id: str) -> int:
+        """The job's next frame number: strictly increasing across the whole deployment."""
+
+    @abc.abstractmethod
+    async def publish(self, job_id: str, seq: int, payload: bytes, *, terminal: bool) -> None:
+        """Append to history and fan out. ``terminal`` starts the history's retention clock."""
+
+    @abc.abstractmethod
+    async def history(self, job_id: str, since: int) -> History: ...
+
+    @abc.abstractmethod
+    async def subscribe(self, job_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def unsubscribe(self, job_id: str) -> None: ...
+
+    async def check(self) -> bool:
+        """True when the broker can serve; used by /health."""
+        return True

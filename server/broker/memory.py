@@ -1,0 +1,70 @@
+"""In-process broker: the embedded default, and the reference the Redis broker must match."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import defaultdict, deque
+
+from server.broker.base import Broker, Deliver, History
+
+
+class MemoryBroker(Broker):
+    name = "memory"
+
+    def __init__(self, *, history_max_frames: int, retention_s: float) -> None:
+        self._history_max = history_max_frames
+        self._retention_s = retention_s
+        self._counters: dict[str, itertools.count[int]] = {}
+        self._history: dict[str, deque[tuple[int, bytes]]] = {}
+        self._subscribed: defaultdict[str, int] = defaultdict(int)
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._deliver: Deliver | None = None
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+
+    async def stop(self) -> None:
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+        self._deliver = None
+
+    async def next_seq(self, job_id: str) -> int:
+        counter = self._counters.setdefault(job_id, itertools.count(1))
+        return next(counter)
+
+    async def publish(self, job_id: str, seq: int, payload: bytes, *, terminal: bool) -> None:
+        frames = self._history.get(job_id)
+        if frames is None:
+            frames = self._history[job_id] = deque(maxlen=self._history_max)
+        frames.append((seq, payload))
+        if terminal:
+            self._expire_later(job_id)
+        if self._deliver is not None and self._subscribed.get(job_id):
+            self._deliver(job_id, payload)
+
+    async def history(self, job_id: str, since: int) -> History:
+        frames = self._history.get(job_id)
+        if not frames:
+            return History(frames=[], first_retained=None)
+        return History(frames=[f for f in frames if f[0] > since], first_retained=frames[0][0])
+
+    async def subscribe(self, job_id: str) -> None:
+        self._subscribed[job_id] += 1
+
+    async def unsubscribe(self, job_id: str) -> None:
+        self._subscribed[job_id] -= 1
+        if self._subscribed[job_id] <= 0:
+            del self._subscribed[job_id]
+
+    def _expire_later(self, job_id: str) -> None:
+        if job_id in self._expiry:
+            return
+        loop = asyncio.get_running_loop()
+        self._expiry[job_id] = loop.call_later(self._retention_s, self._forget, job_id)
+
+    def _forget(self, job_id: str) -> None:
+        self._expiry.pop(job_id, None)
+        self._history.pop(job_id, None)
+        self._counters.pop(job_id, None)

@@ -1,0 +1,85 @@
+"""The server's one error tree, and its mapping to HTTP statuses and WebSocket close codes.
+
+    DelineateError (500, 1011)
+    ├── BadRequest (400, 1008)            malformed input: body, id, query, WebSocket op
+    │   └── UnsupportedMediaType (415)
+    ├── NotFound (404, 4404)              unknown job (or one the caller may not see)
+    ├── Conflict (409, 4409)              idempotency key reuse, job not finished, job finished
+    ├── Forbidden (403, 4403)             tampered or expired download link
+    ├── RateLimited (429, 1013)
+    ├── GatewayTimeout (504, 1011)
+    └── StorageError (503, 1011)          the object store failed
+        └── ObjectMissing                 a key that should exist does not
+
+Handlers in ``server.api.responses`` turn these into ``{"error", "message", "requestId"}``
+bodies; the real-time endpoints turn them into ``error`` frames or close codes.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from server.frames import JobStatus
+
+
+class DelineateError(Exception):
+    status: int = 500
+    close_code: int = 1011
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    @property
+    def title(self) -> str:
+        return HTTPStatus(self.status).phrase
+
+
+class BadRequest(DelineateError):
+    status, close_code, code = 400, 1008, "bad_request"
+
+
+class UnsupportedMediaType(BadRequest):
+    status, code = 415, "unsupported_media_type"
+
+
+class NotFound(DelineateError):
+    status, close_code, code = 404, 4404, "not_found"
+
+
+class Conflict(DelineateError):
+    status, close_code, code = 409, 4409, "conflict"
+
+
+class Forbidden(DelineateError):
+    status, close_code, code = 403, 4403, "forbidden"
+
+
+class RateLimited(DelineateError):
+    status, close_code, code = 429, 1013, "rate_limited"
+
+
+class GatewayTimeout(DelineateError):
+    status, code = 504, "timeout"
+
+
+class StorageError(DelineateError):
+    """The object store could not do what was asked (network, permissions, ...)."""
+
+    status, code = 503, "storage_error"
+
+
+class ObjectMissing(StorageError):
+    code = "object_missing"
+
+
+class JobStateConflict(Conflict):
+    """The job is not in a state that allows this (result before completion, cancel after)."""
+
+    code = "job_state"
+
+    def __init__(self, message: str, job_status: JobStatus) -> None:
+        super().__init__(message)
+        self.job_status = job_status

@@ -1,0 +1,74 @@
+"""Publishes one job's frames: seq from the broker, record saved first, then fan-out.
+
+Saving the record before publishing is what makes resume exact: a snapshot read at seq S
+reflects every frame up to S, so a watcher needs only the frames after S.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from server.broker.base import Broker
+from server.frames import TERMINAL_FRAME_TYPES, AnyFrame, ProgressFrame, encoder
+from server.jobs.state import JobRecord
+from server.jobstore.base import JobStore
+
+
+class Throttle:
+    """At most one event per ``interval`` seconds; remembers that one was held back."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last = float("-inf")
+        self.pending = False
+
+    def ready(self) -> bool:
+        now = self._clock()
+        if now - self._last >= self.interval:
+            self._last, self.pending = now, False
+            return True
+        self.pending = True
+        return False
+
+
+class FrameEmitter:
+    def __init__(
+        self, *, broker: Broker, store: JobStore, record: JobRecord, progress_interval: float
+    ) -> None:
+        self._broker, self._store, self.record = broker, store, record
+        self._throttle = Throttle(progress_interval)
+
+    async def emit(self, build: Callable[[str, int], AnyFrame]) -> AnyFrame:
+        job = self.record.job
+        seq = await self._broker.next_seq(job.job_id)
+        job.seq = seq
+        frame = build(job.job_id, seq)
+        await self._store.save(self.record)
+        terminal = frame.__struct_config__.tag in TERMINAL_FRAME_TYPES
+        await self._broker.publish(job.job_id, seq, encoder.encode(frame), terminal=terminal)
+        return frame
+
+    async def progress(self) -> None:
+        """A progress frame, unless one went out less than the interval ago."""
+        if self._throttle.ready():
+            await self.emit(self._progress_frame)
+
+    async def flush_progress(self) -> None:
+        """Send the progress that the throttle held back, if any."""
+        if self._throttle.pending:
+            self._throttle.pending = False
+            await self.emit(self._progress_frame)
+
+    def _progress_frame(self, job_id: str, seq: int) -> ProgressFrame:
+        job = self.record.job
+        return ProgressFrame(
+            job_id=job_id,
+            seq=seq,
+            progress=job.progress,
+            bytes_done=job.bytes_done,
+            bytes_total=job.bytes_total,
+            files_done=job.files_done,
+            files_total=job.total_file_ids,
+        )

@@ -1,0 +1,217 @@
+"""Runs one job: check each file, pace the simulated work, stream ONE zip bundle, report.
+
+The runner owns a job while its task runs. It never raises for a job outcome: success,
+failure and cancellation all end in a terminal frame. The one exception is a shutdown
+(``stop_reason`` says "shutdown"): the job goes back to ``queued`` for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+
+from server.broker.base import Broker
+from server.bundle import ZipBundle
+from server.errors import StorageError
+from server.frames import (
+    CancelledFrame,
+    CompletedFrame,
+    FailedFrame,
+    FileFrame,
+    FileProgress,
+    JobError,
+    JobStatus,
+    StatusFrame,
+)
+from server.jobs import state
+from server.jobs.emitter import FrameEmitter
+from server.jobs.state import JobRecord
+from server.jobstore.base import JobStore
+from server.storage.base import ObjectWriter, Storage
+from server.storage.keys import bundle_key, source_key
+
+log = logging.getLogger("delineate.jobs")
+
+StopReason = Callable[[str], str | None]
+"""Why a job's task was cancelled: "cancel" (a user asked), "shutdown", or None."""
+
+
+class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    delay_enabled: bool
+    delay_min_ms: int
+    delay_max_ms: int
+    url_ttl_s: int
+    progress_interval_s: float
+    check_concurrency: int = 16
+
+
+class JobFailure(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.error = JobError(code=code, message=message)
+
+
+class Pacer:
+    """Spreads a job's simulated processing time over its bytes, so progress is smooth."""
+
+    def __init__(self, total_s: float, total_bytes: int, clock: Callable[[], float]) -> None:
+        self._total_s, self._total_bytes, self._clock = total_s, max(total_bytes, 1), clock
+        self._start = clock()
+        self._done = 0
+
+    def delay_after(self, n: int) -> float:
+        """Seconds to wait after ``n`` more bytes to stay on schedule."""
+        self._done += n
+        due = self._start + self._total_s * self._done / self._total_bytes
+        return max(0.0, due - self._clock())
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        broker: Broker,
+        store: JobStore,
+        config: RunnerConfig,
+        stop_reason: StopReason,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._storage, self._broker, self._store = storage, broker, store
+        self._config = config
+        self._stop_reason = stop_reason
+        self._rng = rng or random.Random()
+
+    async def run(self, record: JobRecord) -> None:
+        emitter = FrameEmitter(
+            broker=self._broker,
+            store=self._store,
+            record=record,
+            progress_interval=self._config.progress_interval_s,
+        )
+        job = record.job
+        state.reset_progress(job)
+        state.transition(job, JobStatus.PROCESSING)
+        await emitter.emit(lambda j, s: StatusFrame(job_id=j, seq=s, status=job.status, attempt=job.attempt))
+        try:
+            await self._work(emitter)
+        except asyncio.CancelledError:
+            await self._stopped(emitter)
+            raise
+        except JobFailure as exc:
+            await self._fail(emitter, exc.error)
+        except StorageError as exc:
+            await self._fail(emitter, JobError(code=exc.code, message=exc.message))
+        except Exception:
+            log.exception("job crashed", extra={"job_id": job.job_id})
+            await self._fail(emitter, JobError(code="internal_error", message="the job crashed"))
+
+    async def _work(self, emitter: FrameEmitter) -> None:
+        job = emitter.record.job
+        available = await self._check_files(emitter)
+        if not available:
+            raise JobFailure("no_files_available", "none of the requested files is available")
+        key = bundle_key(job.job_id)
+        writer = await self._storage.writer(key)
+        try:
+            size = await self._write_bundle(emitter, available, writer)
+        except BaseException:
+            await writer.abort()
+            raise
+        emitter.record.result_key = key
+        await self._complete(emitter, key, size)
+
+    async def _check_files(self, emitter: FrameEmitter) -> list[FileProgress]:
+        job = emitter.record.job
+        limit = asyncio.Semaphore(self._config.check_concurrency)
+
+        async def head(f: FileProgress) -> int | None:
+            async with limit:
+                info = await self._storage.head(source_key(f.file_id))
+            return None if info is None else info.size
+
+        sizes = await asyncio.gather(*(head(f) for f in job.files))
+        available = []
+        for f, size in zip(job.files, sizes, strict=True):
+            if size is None:
+                state.mark_unavailable(f)
+                await emitter.emit(lambda j, s, f=f: FileFrame(job_id=j, seq=s, file=f))
+            else:
+                state.mark_available(job, f, size)
+                available.append(f)
+        await emitter.progress()
+        return available
+
+    async def _write_bundle(
+        self, emitter: FrameEmitter, files: list[FileProgress], writer: ObjectWriter
+    ) -> int:
+        job = emitter.record.job
+        pacer = Pacer(self._delay_s(), job.bytes_total, time.monotonic)
+        bundle = ZipBundle()
+        with bundle:
+            for f in files:
+                with bundle.entry(f"{f.file_id}.zip", f.size or 0) as entry:
+                    async for chunk in self._storage.read(source_key(f.file_id)):
+                        entry.write(chunk)
+                        await writer.write(bundle.drain())
+                        state.add_bytes(job, f, len(chunk))
+                        await emitter.progress()
+                        await asyncio.sleep(pacer.delay_after(len(chunk)))
+                await writer.write(bundle.drain())
+                state.mark_done(job, f)
+                await emitter.emit(lambda j, s, f=f: FileFrame(job_id=j, seq=s, file=f))
+            await writer.write(bundle.close())
+        await emitter.flush_progress()
+        return await writer.complete()
+
+    async def _complete(self, emitter: FrameEmitter, key: str, size: int) -> None:
+        job = emitter.record.job
+        link = await self._storage.presign(key, self._config.url_ttl_s)
+        state.transition(job, JobStatus.COMPLETED)
+        job.size = size
+        included = [f.file_id for f in job.files if f.available]
+        missing = [f.file_id for f in job.files if not f.available]
+        await emitter.emit(
+            lambda j, s: CompletedFrame(
+                job_id=j,
+                seq=s,
+                download_url=link.url,
+                expires_at=iso(link.expires_at),
+                size=size,
+                files_included=len(included),
+                files_unavailable=missing,
+            )
+        )
+
+    async def _fail(self, emitter: FrameEmitter, error: JobError) -> None:
+        state.transition(emitter.record.job, JobStatus.FAILED, error)
+        await emitter.emit(lambda j, s: FailedFrame(job_id=j, seq=s, error=error))
+
+    async def _stopped(self, emitter: FrameEmitter) -> None:
+        job = emitter.record.job
+        await self._storage.delete(bundle_key(job.job_id))
+        if self._stop_reason(job.job_id) == "cancel":
+            state.transition(job, JobStatus.CANCELLED)
+            await emitter.emit(lambda j, s: CancelledFrame(job_id=j, seq=s))
+            return
+        # Shutdown: hand the job back so another worker (or this one, restarted) runs it.
+        state.transition(job, JobStatus.QUEUED)
+        state.reset_progress(job)
+        await emitter.emit(lambda j, s: StatusFrame(job_id=j, seq=s, status=job.status, attempt=job.attempt))
+        await self._store.enqueue(job.job_id)
+
+    def _delay_s(self) -> float:
+        if not self._config.delay_enabled:
+            return 0.0
+        low, high = self._config.delay_min_ms, self._config.delay_max_ms
+        return self._rng.uniform(low, high) / 1000.0
+
+
+def iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,165 @@
+"""The job service: creates jobs, runs them on a bounded pool of workers, cancels them.
+
+Workers take job ids from the store's queue, so at most ``concurrency`` jobs run at once on
+this replica and the rest wait as ``queued``. Each running job is a task of its own, kept
+in ``_running`` so cancel can reach it. Every task is supervised: failures are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+
+from server.broker.base import Broker
+from server.errors import Conflict, JobStateConflict, NotFound
+from server.frames import CancelledFrame, JobSnapshot, JobStatus
+from server.jobs import state
+from server.jobs.emitter import FrameEmitter
+from server.jobs.runner import JobRunner, RunnerConfig, iso
+from server.jobs.state import JobRecord
+from server.jobstore.base import JobStore
+from server.storage.base import Storage
+
+log = logging.getLogger("delineate.jobs")
+
+
+def fingerprint(file_ids: list[int]) -> str:
+    return hashlib.sha256(",".join(map(str, file_ids)).encode()).hexdigest()
+
+
+class JobService:
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        broker: Broker,
+        store: JobStore,
+        config: RunnerConfig,
+        concurrency: int,
+    ) -> None:
+        self._storage, self._broker, self._store = storage, broker, store
+        self._config = config
+        self._concurrency = concurrency
+        self._runner = JobRunner(
+            storage=storage, broker=broker, store=store, config=config, stop_reason=self._reason
+        )
+        self._workers: list[asyncio.Task[None]] = []
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._stop_reasons: dict[str, str] = {}
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"job-worker-{i}")
+            for i in range(self._concurrency)
+        ]
+        for task in self._workers:
+            task.add_done_callback(_log_failure)
+
+    async def stop(self) -> None:
+        """Stop taking work; hand running jobs back to the queue."""
+        for task in self._workers:
+            task.cancel()
+        for job_id, task in list(self._running.items()):
+            self._stop_reasons.setdefault(job_id, "shutdown")
+            task.cancel()
+        await asyncio.gather(*self._workers, *self._running.values(), return_exceptions=True)
+        self._workers.clear()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # --- API ---------------------------------------------------------------------------
+
+    async def create(
+        self, file_ids: list[int], *, idempotency_key: str | None, request_id: str | None
+    ) -> tuple[JobRecord, bool]:
+        """Create and enqueue a job; return (record, created). 409 on a reused key."""
+        job_id = str(uuid.uuid4())
+        record = JobRecord(
+            job=state.new_job(job_id, file_ids),
+            request_id=request_id,
+            fingerprint=fingerprint(file_ids),
+        )
+        stored = await self._store.create(record, idempotency_key)
+        if stored.job.job_id != job_id:
+            if stored.fingerprint != record.fingerprint:
+                raise Conflict("this Idempotency-Key was used with a different request body")
+            return stored, False
+        await self._store.enqueue(job_id)
+        return stored, True
+
+    async def get(self, job_id: str) -> JobRecord:
+        record = await self._store.get(job_id)
+        if record is None:
+            raise NotFound(f"no job {job_id}")
+        return record
+
+    async def snapshot(self, job_id: str) -> JobSnapshot:
+        """The public job document, with a freshly signed link once completed."""
+        return await self.view(await self.get(job_id))
+
+    async def view(self, record: JobRecord) -> JobSnapshot:
+        job = record.job
+        if job.status is JobStatus.COMPLETED and record.result_key:
+            link = await self._storage.presign(record.result_key, self._config.url_ttl_s)
+            job.download_url, job.expires_at = link.url, iso(link.expires_at)
+        return job
+
+    async def cancel(self, job_id: str) -> JobSnapshot:
+        record = await self.get(job_id)
+        status = record.job.status
+        if status is JobStatus.CANCELLED:
+            return record.job
+        if status.is_terminal:
+            raise JobStateConflict(f"job {job_id} is already {status.value}; it cannot be cancelled", status)
+        task = self._running.get(job_id)
+        if task is not None:
+            self._stop_reasons[job_id] = "cancel"
+            task.cancel()
+            await asyncio.wait([task])
+        else:
+            await self._cancel_queued(record)
+        return (await self.get(job_id)).job
+
+    # --- internals ---------------------------------------------------------------------
+
+    async def _cancel_queued(self, record: JobRecord) -> None:
+        state.transition(record.job, JobStatus.CANCELLED)
+        emitter = FrameEmitter(
+            broker=self._broker, store=self._store, record=record, progress_interval=0
+        )
+        await emitter.emit(lambda j, s: CancelledFrame(job_id=j, seq=s))
+
+    async def _work(self) -> None:
+        while True:
+            job_id = await self._store.take()
+            try:
+                await self._run_one(job_id)
+            finally:
+                await self._store.ack(job_id)
+
+    async def _run_one(self, job_id: str) -> None:
+        record = await self._store.get(job_id)
+        if record is None or record.job.status is not JobStatus.QUEUED:
+            return  # cancelled (or expired) while it waited
+        task = asyncio.create_task(self._runner.run(record), name=f"job-{job_id}")
+        task.add_done_callback(_log_failure)
+        self._running[job_id] = task
+        try:
+            await asyncio.wait([task])
+        finally:
+            self._running.pop(job_id, None)
+            self._stop_reasons.pop(job_id, None)
+
+    def _reason(self, job_id: str) -> str | None:
+        return self._stop_reasons.get(job_id)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())

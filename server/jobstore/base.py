@@ -1,0 +1,49 @@
+"""The JobStore interface: job records, idempotency keys and the queue of work.
+
+One module per backend: ``memory`` (one process) and ``redis`` (shared by replicas).
+The job service owns the policy; a store only keeps and hands out records.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from server.jobs.state import JobRecord
+
+
+class JobStore(abc.ABC):
+    name: str = "jobstore"
+    health_key: str | None = None
+    """The /health check this backend reports under (None: nothing to check)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    async def create(self, record: JobRecord, idempotency_key: str | None) -> JobRecord:
+        """Store a new record, or return the one already created under ``idempotency_key``."""
+
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    async def save(self, record: JobRecord) -> None:
+        """Overwrite the record; a terminal one starts its retention clock."""
+
+    @abc.abstractmethod
+    async def enqueue(self, job_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def take(self) -> str:
+        """Wait for the next queued job id and hand it to this worker."""
+
+    @abc.abstractmethod
+    async def ack(self, job_id: str) -> None:
+        """The worker is done with the job (whatever its outcome)."""
+
+    @abc.abstractmethod
+    async def queued(self) -> int: ...
+
+    async def check(self) -> bool:
+        return True

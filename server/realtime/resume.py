@@ -1,0 +1,56 @@
+"""Exactly-once ordering of one job's frames for one watcher (pure; no I/O).
+
+A watcher subscribes to live frames FIRST and reads the snapshot or history SECOND, so no
+frame can fall between the two. Live frames that arrive while it catches up are held, then
+merged: everything is delivered in seq order, and nothing at or below the last delivered
+seq is delivered again.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+def history_covers(since: int, first_retained: int | None, latest_seq: int) -> bool:
+    """Can frames after ``since`` be replayed from a history that starts at ``first_retained``?"""
+    if since > latest_seq:
+        return False  # the client claims frames this job never sent
+    if first_retained is None:
+        return since == latest_seq  # nothing kept: only a client that missed nothing is fine
+    return first_retained <= since + 1
+
+
+class Sequencer(Generic[T]):
+    def __init__(self, last_seq: int = -1) -> None:
+        self.last_seq = last_seq
+        self.catching_up = True
+        self._held: list[tuple[int, T]] = []
+
+    def offer(self, seq: int, item: T) -> list[T]:
+        """A live frame: what to deliver now (nothing while catching up, or a duplicate)."""
+        if self.catching_up:
+            self._held.append((seq, item))
+            return []
+        return self._accept(seq, item)
+
+    def restart(self) -> None:
+        """Hold live frames again (the broker reconnected; history will be read again)."""
+        self.catching_up = True
+
+    def caught_up(self, replay: list[tuple[int, T]]) -> list[T]:
+        """Deliver the snapshot/history ``replay``, then the frames held meanwhile."""
+        merged = sorted([*replay, *self._held], key=lambda pair: pair[0])
+        self._held.clear()
+        self.catching_up = False
+        out: list[T] = []
+        for seq, item in merged:
+            out.extend(self._accept(seq, item))
+        return out
+
+    def _accept(self, seq: int, item: T) -> list[T]:
+        if seq <= self.last_seq:
+            return []
+        self.last_seq = seq
+        return [item]

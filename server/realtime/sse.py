@@ -1,0 +1,121 @@
+"""Server-Sent Events: the fallback transport, for clients or proxies without WebSocket.
+
+``id:`` is the frame's seq, so a reconnecting EventSource sends ``Last-Event-ID`` and the
+hub replays exactly the frames after it. A ``: keepalive`` comment goes out when nothing
+else has for ``keepalive_s`` (proxies close idle streams), and the stream ends after the
+job's terminal frame. The response watches for the client going away and frees the watch
+at once, rather than at the next write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from server.api.params import job_id_param, services_of
+from server.errors import BadRequest
+from server.realtime.hub import Hub, Watch
+from server.realtime.outbox import Outbox
+
+KEEPALIVE = b": keepalive\n\n"
+SSE_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",  # tells nginx not to buffer this response
+    "Connection": "keep-alive",
+}
+
+
+def format_sse_event(data: str, *, event: str | None = None, id: int | None = None) -> bytes:
+    """One SSE event. ``data`` may hold newlines; each line becomes its own ``data:`` field."""
+    lines = []
+    if id is not None:
+        lines.append(f"id: {id}")
+    if event is not None:
+        lines.append(f"event: {event}")
+    lines.extend(f"data: {line}" for line in data.split("\n"))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def format_retry(retry_ms: int) -> bytes:
+    return f"retry: {retry_ms}\n\n".encode()
+
+
+def resume_point(request: Request) -> int | None:
+    """``Last-Event-ID`` (a reconnecting EventSource) wins over ``?since=`` (the first request)."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("since")
+    return parse_since(raw)
+
+
+def parse_since(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(f"since / Last-Event-ID must be a non-negative integer, got {raw[:32]!r}")
+    return int(raw)
+
+
+class EventStream(Response):
+    media_type = "text/event-stream"
+
+    def __init__(self, hub: Hub, watch: Watch, *, keepalive_s: float, retry_ms: int) -> None:
+        super().__init__(headers=SSE_HEADERS, media_type=self.media_type)
+        # Response assumed an empty body; a stream has no length.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self._hub, self._watch = hub, watch
+        self._keepalive_s, self._retry_ms = keepalive_s, retry_ms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = asyncio.ensure_future(self._pump(send))
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._hub.unwatch(self._watch)
+            for task in (pump, gone):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await pump
+        if pump.done() and not pump.cancelled() and pump.exception() is None:
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pump(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await _body(send, format_retry(self._retry_ms))
+        outbox = self._watch.outbox
+        while True:
+            try:
+                async with asyncio.timeout(self._keepalive_s):
+                    item = await outbox.get()
+            except TimeoutError:
+                await _body(send, KEEPALIVE)
+                continue
+            if item is None:
+                return  # overflowed: end the stream; EventSource reconnects with Last-Event-ID
+            await _body(send, format_sse_event(item.text, event=item.type, id=item.seq))
+            if item.terminal:
+                return
+
+
+async def _body(send: Send, chunk: bytes) -> None:
+    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def stream(request: Request) -> Response:
+    """GET /v1/download/stream/{job_id}: the job's frames as an event stream."""
+    services = services_of(request)
+    outbox = Outbox(services.settings.outbox_limit)
+    watch = await services.hub.watch(job_id_param(request), resume_point(request), outbox)
+    settings = services.settings
+    return EventStream(
+        services.hub, watch, keepalive_s=settings.sse_keepalive_s, retry_ms=settings.sse_retry_ms
+    )

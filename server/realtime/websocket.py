@@ -1,0 +1,194 @@
+"""WebSocket endpoints: the first-choice transport.
+
+``/v1/download/subscribe/{job_id}`` follows one job: snapshot (or the frames after
+``?since=``), every frame, then close 1000 after the terminal frame.
+
+``/v1/ws`` follows many jobs over one socket. Client ops are JSON text::
+
+    {"op": "subscribe", "jobId": "...", "since": 12}   -> ack, then the job's frames
+    {"op": "unsubscribe", "jobId": "..."}              -> ack
+    {"op": "ping"}                                     -> pong
+
+A bad op gets an ``error`` message naming the problem, and the socket stays open.
+
+Close codes: 1000 done; 1008 malformed request; 1009 message too big (uvicorn);
+1011 server error; 1013 slow consumer (the outbox overflowed: reconnect with ``since``);
+4404 unknown job (after an ``error`` message saying so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server.api.params import job_id_param, services_of
+from server.errors import DelineateError
+from server.frames import (
+    AckMessage,
+    AnyOp,
+    Control,
+    ErrorMessage,
+    PingOp,
+    PongMessage,
+    SubscribeOp,
+    UnsubscribeOp,
+    encoder,
+    op_decoder,
+)
+from server.realtime.hub import Hub, Watch
+from server.realtime.outbox import CONTROL_SEQ, Outbox, Outgoing
+from server.realtime.sse import parse_since
+
+log = logging.getLogger("delineate.ws")
+
+CLOSE_NORMAL = 1000
+CLOSE_SLOW_CONSUMER = 1013
+SLOW_CONSUMER_REASON = "slow consumer: reconnect with since=<last seq>"
+
+
+def control(message: Control, job_id: str = "") -> Outgoing:
+    return Outgoing(job_id, CONTROL_SEQ, message.__struct_config__.tag or "", encoder.encode(message).decode())
+
+
+def error_item(code: str, message: str, job_id: str | None = None) -> Outgoing:
+    return control(ErrorMessage(code=code, message=message, job_id=job_id), job_id or "")
+
+
+async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
+        await ws.close(code, reason[:120])
+
+
+async def _drain_incoming(ws: WebSocket) -> None:
+    """Read until the client goes away (the single-job socket expects no messages)."""
+    while (await ws.receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def _first_done(*aws: asyncio.Future[None] | asyncio.Task[None]) -> None:
+    """Wait for the first task to end, cancel the rest, surface unexpected errors."""
+    done, pending = await asyncio.wait(aws, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):
+            raise exc
+
+
+async def subscribe_one(ws: WebSocket) -> None:
+    """WS /v1/download/subscribe/{job_id}[?since=SEQ]"""
+    services = services_of(ws)
+    await ws.accept()
+    outbox = Outbox(services.settings.outbox_limit)
+    try:
+        job_id = job_id_param(ws)
+        watch = await services.hub.watch(job_id, parse_since(ws.query_params.get("since")), outbox)
+    except DelineateError as exc:
+        await ws.send_text(error_item(exc.code, exc.message).text)
+        await _close(ws, exc.close_code, exc.message)
+        return
+    try:
+        writer = asyncio.ensure_future(_write_one(ws, outbox))
+        await _first_done(writer, asyncio.ensure_future(_drain_incoming(ws)))
+    finally:
+        services.hub.unwatch(watch)
+
+
+async def _write_one(ws: WebSocket, outbox: Outbox) -> None:
+    while (item := await outbox.get()) is not None:
+        await ws.send_text(item.text)
+        if item.terminal:
+            await _close(ws, CLOSE_NORMAL, "job finished")
+            return
+    await _close(ws, CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)
+
+
+async def multiplexed(ws: WebSocket) -> None:
+    """WS /v1/ws: many jobs, one socket."""
+    services = services_of(ws)
+    await ws.accept()
+    session = MuxSession(ws, services.hub, services.settings.outbox_limit,
+                         services.settings.max_subscriptions_per_socket)
+    await session.run()
+
+
+class MuxSession:
+    def __init__(self, ws: WebSocket, hub: Hub, outbox_limit: int, max_watches: int) -> None:
+        self._ws, self._hub = ws, hub
+        self._outbox = Outbox(outbox_limit)
+        self._max_watches = max_watches
+        self._watches: dict[str, Watch] = {}
+
+    async def run(self) -> None:
+        try:
+            writer = asyncio.ensure_future(self._write())
+            await _first_done(writer, asyncio.ensure_future(self._read()))
+        finally:
+            for watch in self._watches.values():
+                self._hub.unwatch(watch)
+            self._watches.clear()
+
+    async def _write(self) -> None:
+        while (item := await self._outbox.get()) is not None:
+            await self._ws.send_text(item.text)
+            if item.terminal:
+                watch = self._watches.pop(item.job_id, None)
+                if watch is not None:
+                    self._hub.unwatch(watch)
+        await _close(self._ws, CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)
+
+    async def _read(self) -> None:
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                self._outbox.put(error_item("bad_request", "binary messages are not supported; send JSON text"))
+                continue
+            try:
+                op = op_decoder.decode(text)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                self._outbox.put(error_item("bad_request", f"invalid message: {exc}"))
+                continue
+            await self._handle(op)
+
+    async def _handle(self, op: AnyOp) -> None:
+        if isinstance(op, PingOp):
+            self._outbox.put(control(PongMessage()))
+        elif isinstance(op, SubscribeOp):
+            await self._subscribe(op)
+        elif isinstance(op, UnsubscribeOp):
+            self._unsubscribe(op)
+
+    async def _subscribe(self, op: SubscribeOp) -> None:
+        ack = control(AckMessage(op="subscribe", job_id=op.job_id), op.job_id)
+        if op.job_id in self._watches:
+            self._outbox.put(ack)  # already following: subscribing again changes nothing
+            return
+        if len(self._watches) >= self._max_watches:
+            message = f"at most {self._max_watches} subscriptions per socket"
+            self._outbox.put(error_item("too_many_subscriptions", message, op.job_id))
+            return
+        try:
+            watch = await self._hub.watch(op.job_id, op.since, self._outbox, preamble=ack)
+        except DelineateError as exc:
+            self._outbox.put(error_item(exc.code, exc.message, op.job_id))
+            return
+        # A finished job's terminal snapshot is already queued; the writer unwatches it.
+        self._watches[op.job_id] = watch
+
+    def _unsubscribe(self, op: UnsubscribeOp) -> None:
+        watch = self._watches.pop(op.job_id, None)
+        if watch is None:
+            self._outbox.put(error_item("not_subscribed", "not subscribed to this job", op.job_id))
+            return
+        self._hub.unwatch(watch)
+        self._outbox.put(control(AckMessage(op="unsubscribe", job_id=op.job_id), op.job_id))
+

@@ -1,0 +1,109 @@
+"""Every tunable of the server, read once from the environment at start-up.
+
+Field names are the environment variable names (``rename="upper"``). Nothing
+below this module reads ``os.environ``: the app factory takes a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from typing import Annotated
+
+import msgspec
+
+Milliseconds = Annotated[int, msgspec.Meta(ge=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the variable and the rule."""
+
+
+class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fields=False):
+    # --- the original service's variables (shared/CONTRACT.md) ---
+    host: str = "0.0.0.0"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 3000
+    s3_region: Annotated[str, msgspec.Meta(min_length=1)] = "us-east-1"
+    s3_endpoint: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_bucket_name: str = ""
+    s3_force_path_style: bool = False
+    sentry_dsn: str | None = None
+    otel_exporter_otlp_endpoint: str | None = None
+    request_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 30_000
+    rate_limit_window_ms: Annotated[int, msgspec.Meta(ge=1000)] = 60_000
+    rate_limit_max_requests: Annotated[int, msgspec.Meta(ge=1)] = 100
+    cors_origins: str = "*"
+    download_delay_enabled: bool = True
+    download_delay_min_ms: Milliseconds = 10_000
+    download_delay_max_ms: Milliseconds = 200_000
+
+    # --- embedded defaults ---
+    data_dir: str = "data"
+    """Root of the local-disk object store (used when S3_BUCKET_NAME is empty)."""
+    public_base_url: str = ""
+    """Prefix for download links the local store signs; "" gives root-relative links."""
+    url_signing_secret: str = ""
+    """HMAC key for local download links; "" picks a random one per process."""
+    download_url_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86400)] = 900
+
+    # --- jobs ---
+    job_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    job_retention_s: Annotated[int, msgspec.Meta(ge=60)] = 86_400
+    history_max_frames: Annotated[int, msgspec.Meta(ge=16)] = 5_000
+    progress_interval_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 100
+
+    # --- real-time transports ---
+    ws_ping_interval_s: Seconds = 20.0
+    ws_ping_timeout_s: Seconds = 20.0
+    ws_per_message_deflate: bool = False
+    sse_keepalive_s: Seconds = 15.0
+    sse_retry_ms: Annotated[int, msgspec.Meta(ge=0)] = 2_000
+    outbox_limit: Annotated[int, msgspec.Meta(ge=8)] = 256
+    max_ws_message_bytes: Annotated[int, msgspec.Meta(ge=256)] = 4_096
+    max_subscriptions_per_socket: Annotated[int, msgspec.Meta(ge=1)] = 100
+
+    log_format: Annotated[str, msgspec.Meta(pattern="^(json|text)$")] = "json"
+
+    def __post_init__(self) -> None:
+        if self.download_delay_min_ms > self.download_delay_max_ms:
+            raise ValueError(
+                "DOWNLOAD_DELAY_MIN_MS must be <= DOWNLOAD_DELAY_MAX_MS - at `$.DOWNLOAD_DELAY_MIN_MS`"
+            )
+        if self.cors_origins != "*" and not self.cors_origin_list:
+            raise ValueError("CORS_ORIGINS must be `*` or comma-separated origins")
+        if not self.url_signing_secret:
+            self.url_signing_secret = secrets.token_urlsafe(32)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.s3_bucket_name)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); raise SettingsError."""
+        environ = os.environ if environ is None else environ
+        known = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+        raw: dict[str, str] = {}
+        for name, field in known.items():
+            value = environ.get(name)
+            if value is None:
+                continue
+            # "" means unset for optional values, as in the original service.
+            if value == "" and field.default is not msgspec.NODEFAULT and field.type != str:
+                continue
+            raw[name] = value
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"invalid setting: {exc}") from exc
+
+    def replace(self, **changes: object) -> Settings:
+        return msgspec.structs.replace(self, **changes)
