@@ -44,7 +44,8 @@ class ZipBundle:
         info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
         info.file_size = size
         info.compress_type = zipfile.ZIP_STORED
-        return self._zip.open(info, mode="w", force_zip64=size >= ZIP64_LIMIT)
+        entry: IO[bytes] = self._zip.open(info, mode="w", force_zip64=size >= ZIP64_LIMIT)
+        return entry
 
     def drain(self) -> bytes:
         """Bytes produced since the last drain."""

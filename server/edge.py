@@ -35,7 +35,8 @@ SECURITY_HEADERS = [
 ]
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = (
-    "Content-Type, Authorization, X-Request-ID, traceparent, tracestate, Idempotency-Key, Last-Event-ID"
+    "Content-Type, Authorization, X-Request-ID, traceparent, tracestate, "
+    "Idempotency-Key, Last-Event-ID"
 )
 EXPOSE_HEADERS = (
     "X-Request-ID, RateLimit-Policy, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, "
@@ -62,9 +63,15 @@ def client_ip(scope: Scope) -> str:
     return client[0] if client else "unknown"
 
 
-async def send_error(send: Send, status: int, message: str, request_id: str, headers: list[tuple[bytes, bytes]]) -> None:
+async def send_error(
+    send: Send, status: int, message: str, request_id: str, headers: list[tuple[bytes, bytes]]
+) -> None:
     body = error_body(status, message, request_id)
-    start_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    start_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *headers,
+    ]
     await send({"type": "http.response.start", "status": status, "headers": start_headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -107,7 +114,11 @@ class EdgeHeaders:
             return [(b"access-control-allow-origin", b"*"), *expose]
         origin = headers.get("origin")
         if origin and origin in self.cors_origins:
-            return [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin"), *expose]
+            return [
+                (b"access-control-allow-origin", origin.encode()),
+                (b"vary", b"Origin"),
+                *expose,
+            ]
         return [(b"vary", b"Origin")]
 
     async def _preflight(self, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
@@ -123,9 +134,11 @@ class EdgeHeaders:
 
 
 class RateLimit:
-    """The original's fixed-window limit per client, with the RateLimit-* headers on every response."""
+    """The original's fixed-window limit per client; RateLimit-* headers on every response."""
 
-    def __init__(self, app: ASGIApp, *, limit: int, window_ms: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, app: ASGIApp, *, limit: int, window_ms: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self.app = app
         self.limiter = FixedWindowLimiter(limit, window_ms / 1000)
         self.policy = f"{limit};w={window_ms // 1000}".encode()

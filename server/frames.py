@@ -22,7 +22,7 @@ JobId = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN, description="A lowerca
 Seq = Annotated[int, msgspec.Meta(ge=0, description="Per-job frame sequence number.")]
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """The wire value of a job's state; see ``server.jobs.state`` for legal transitions."""
 
     QUEUED = "queued"
@@ -39,7 +39,7 @@ class JobStatus(str, enum.Enum):
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
-class FileState(str, enum.Enum):
+class FileState(enum.StrEnum):
     PENDING = "pending"
     UNAVAILABLE = "unavailable"
     PROCESSING = "processing"

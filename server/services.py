@@ -37,7 +37,9 @@ def build_storage(settings: Settings) -> Storage:
     from server.storage.local import LocalStorage
 
     return LocalStorage(
-        settings.data_dir, secret=settings.url_signing_secret, public_base_url=settings.public_base_url
+        settings.data_dir,
+        secret=settings.url_signing_secret,
+        public_base_url=settings.public_base_url,
     )
 
 
@@ -65,10 +67,16 @@ def build(settings: Settings) -> Services:
         progress_interval_s=settings.progress_interval_ms / 1000,
     )
     jobs = JobService(
-        storage=storage, broker=broker, store=store, config=config, concurrency=settings.job_concurrency
+        storage=storage,
+        broker=broker,
+        store=store,
+        config=config,
+        concurrency=settings.job_concurrency,
     )
     hub = Hub(broker, jobs.snapshot)
-    return Services(settings=settings, storage=storage, broker=broker, store=store, jobs=jobs, hub=hub)
+    return Services(
+        settings=settings, storage=storage, broker=broker, store=store, jobs=jobs, hub=hub
+    )
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import typing
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -70,9 +71,7 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
 
     def __post_init__(self) -> None:
         if self.download_delay_min_ms > self.download_delay_max_ms:
-            raise ValueError(
-                "DOWNLOAD_DELAY_MIN_MS must be <= DOWNLOAD_DELAY_MAX_MS - at `$.DOWNLOAD_DELAY_MIN_MS`"
-            )
+            raise ValueError("DOWNLOAD_DELAY_MIN_MS must be <= DOWNLOAD_DELAY_MAX_MS")
         if self.cors_origins != "*" and not self.cors_origin_list:
             raise ValueError("CORS_ORIGINS must be `*` or comma-separated origins")
         if not self.url_signing_secret:
@@ -97,7 +96,7 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
             if value is None:
                 continue
             # "" means unset for optional values, as in the original service.
-            if value == "" and field.default is not msgspec.NODEFAULT and field.type != str:
+            if value == "" and type(None) in typing.get_args(field.type):
                 continue
             raw[name] = value
         try:

@@ -78,7 +78,8 @@ async def _completed(request: Request) -> JobSnapshot:
     snapshot = await services_of(request).jobs.snapshot(job_id_param(request))
     if snapshot.status is not JobStatus.COMPLETED or snapshot.download_url is None:
         raise JobStateConflict(
-            f"job {snapshot.job_id} is {snapshot.status.value}; the result exists once it is completed",
+            f"job {snapshot.job_id} is {snapshot.status.value}; "
+            "the result exists once it is completed",
             snapshot.status,
         )
     return snapshot
@@ -86,7 +87,8 @@ async def _completed(request: Request) -> JobSnapshot:
 
 async def result(request: Request) -> Response:
     snapshot = await _completed(request)
-    assert snapshot.download_url is not None and snapshot.expires_at is not None
+    assert snapshot.download_url is not None
+    assert snapshot.expires_at is not None
     return JSONResponse(
         ResultResponse(
             job_id=snapshot.job_id,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from urllib.parse import urljoin
 from collections.abc import Awaitable
+from urllib.parse import urljoin
 
 from starlette.requests import Request
 from starlette.responses import Response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
 REF = "#/components/schemas/{name}"
 
 
-def build(operations: list[Operation], *, extra_schemas: list[Any], description: str) -> dict[str, Any]:
+def build(
+    operations: list[Operation], *, extra_schemas: list[Any], description: str
+) -> dict[str, Any]:
     types = _types(operations) + extra_schemas
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     refs = dict(zip(map(_key, types), schemas, strict=True))
@@ -49,7 +52,7 @@ def _operation(op: Operation, refs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "summary": op.summary,
         "tags": [op.tag],
-        "operationId": f"{op.method.lower()}_{op.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+        "operationId": _operation_id(op),
         "responses": {str(code): _response(code, t, op, refs) for code, t in op.responses.items()},
     }
     if op.description:
@@ -69,14 +72,33 @@ def _operation(op: Operation, refs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _operation_id(op: Operation) -> str:
+    words = "".join(c if c.isalnum() else "_" for c in op.path).strip("_")
+    return f"{op.method.lower()}_{words or 'root'}"
+
+
 def _param(name: str, where: str, text: str, *, required: bool = False) -> dict[str, Any]:
-    return {"name": name, "in": where, "required": required, "description": text, "schema": {"type": "string"}}
+    return {
+        "name": name,
+        "in": where,
+        "required": required,
+        "description": text,
+        "schema": {"type": "string"},
+    }
 
 
 def _response(code: int, t: Any, op: Operation, refs: dict[str, Any]) -> dict[str, Any]:
-    text = {200: "OK", 202: "Accepted", 302: "Found", 400: "Invalid input", 404: "Unknown job",
-            409: "Conflict with the job's state", 415: "Not JSON", 503: "Unhealthy",
-            504: "Timed out"}.get(code, "Response")
+    text = {
+        200: "OK",
+        202: "Accepted",
+        302: "Found",
+        400: "Invalid input",
+        404: "Unknown job",
+        409: "Conflict with the job's state",
+        415: "Not JSON",
+        503: "Unhealthy",
+        504: "Timed out",
+    }.get(code, "Response")
     if t is None:
         return {"description": text}
     media = op.media_type if code < 300 else "application/json"
@@ -87,32 +109,7 @@ async def document(request: Request) -> Response:
     return JSONResponse(request.app.state.openapi)
 
 
-DOCS_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Delineate API</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
-code,pre{font:13px ui-monospace,monospace;background:#f4f4f4;border-radius:4px}
-pre{padding:.6rem;overflow:auto}section{border-top:1px solid #ddd;padding:.5rem 0}
-.m{display:inline-block;min-width:4.5rem;font-weight:700}.dep{opacity:.6}
-</style></head><body><h1>Delineate API</h1><p id="desc"></p><main id="ops">Loading…</main>
-<h2>Schemas</h2><div id="schemas"></div>
-<script>
-fetch('/openapi.json').then(r => r.json()).then(doc => {
-  const esc = s => String(s).replace(/[&<>]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;'}[c]));
-  document.getElementById('desc').textContent = doc.info.description;
-  const ops = [];
-  for (const [path, methods] of Object.entries(doc.paths)) for (const [m, op] of Object.entries(methods)) {
-    const params = (op.parameters || []).map(p => `<li><code>${esc(p.name)}</code> (${p.in}) ${esc(p.description)}</li>`).join('');
-    const body = op.requestBody ? `<p>Body: <code>${esc(JSON.stringify(op.requestBody.content['application/json'].schema))}</code></p>` : '';
-    const res = Object.entries(op.responses).map(([c, r]) => `<li>${c} ${esc(r.description)} ${r.content ? '<code>' + esc(JSON.stringify(Object.values(r.content)[0].schema)) + '</code>' : ''}</li>`).join('');
-    ops.push(`<section class="${op.deprecated ? 'dep' : ''}"><h3><span class="m">${m.toUpperCase()}</span><code>${esc(path)}</code></h3><p>${esc(op.summary)}${op.deprecated ? ' (deprecated)' : ''}</p>${op.description ? '<p>' + esc(op.description) + '</p>' : ''}${params ? '<ul>' + params + '</ul>' : ''}${body}<ul>${res}</ul></section>`);
-  }
-  document.getElementById('ops').innerHTML = ops.join('');
-  document.getElementById('schemas').innerHTML = Object.entries(doc.components.schemas).map(([n, s]) => `<section><h3 id="${esc(n)}">${esc(n)}</h3><pre>${esc(JSON.stringify(s, null, 2))}</pre></section>`).join('');
-});
-</script></body></html>
-"""
+DOCS_HTML = (Path(__file__).parent / "docs.html").read_text()
 
 
 async def docs(request: Request) -> Response:

@@ -30,19 +30,28 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
 
-def error_body(status: int, message: str, request_id: str, *, job_status: JobStatus | None = None) -> bytes:
+def error_body(
+    status: int, message: str, request_id: str, *, job_status: JobStatus | None = None
+) -> bytes:
     from http import HTTPStatus
 
     return encoder.encode(
         ErrorResponse(
-            error=HTTPStatus(status).phrase, message=message, request_id=request_id, status=job_status
+            error=HTTPStatus(status).phrase,
+            message=message,
+            request_id=request_id,
+            status=job_status,
         )
     )
 
 
 def error_response(exc: DelineateError, request_id: str) -> Response:
-    body = error_body(exc.status, exc.message, request_id, job_status=getattr(exc, "job_status", None))
-    return Response(body, status_code=exc.status, headers=exc.headers, media_type="application/json")
+    body = error_body(
+        exc.status, exc.message, request_id, job_status=getattr(exc, "job_status", None)
+    )
+    return Response(
+        body, status_code=exc.status, headers=exc.headers, media_type="application/json"
+    )
 
 
 async def read_body(request: Request, type_: type[T]) -> T:

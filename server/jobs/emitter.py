@@ -10,7 +10,15 @@ import time
 from collections.abc import Callable
 
 from server.broker.base import Broker
-from server.frames import TERMINAL_FRAME_TYPES, AnyFrame, ProgressFrame, encoder
+from server.frames import (
+    TERMINAL_FRAME_TYPES,
+    AnyFrame,
+    FileFrame,
+    FileProgress,
+    ProgressFrame,
+    StatusFrame,
+    encoder,
+)
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
 
@@ -49,6 +57,15 @@ class FrameEmitter:
         terminal = frame.__struct_config__.tag in TERMINAL_FRAME_TYPES
         await self._broker.publish(job.job_id, seq, encoder.encode(frame), terminal=terminal)
         return frame
+
+    async def status(self) -> None:
+        job = self.record.job
+        await self.emit(
+            lambda j, s: StatusFrame(job_id=j, seq=s, status=job.status, attempt=job.attempt)
+        )
+
+    async def file(self, f: FileProgress) -> None:
+        await self.emit(lambda j, s: FileFrame(job_id=j, seq=s, file=f))
 
     async def progress(self) -> None:
         """A progress frame, unless one went out less than the interval ago."""

@@ -23,11 +23,9 @@ from server.frames import (
     CancelledFrame,
     CompletedFrame,
     FailedFrame,
-    FileFrame,
     FileProgress,
     JobError,
     JobStatus,
-    StatusFrame,
 )
 from server.jobs import state
 from server.jobs.emitter import FrameEmitter
@@ -98,7 +96,7 @@ class JobRunner:
         job = record.job
         state.reset_progress(job)
         state.transition(job, JobStatus.PROCESSING)
-        await emitter.emit(lambda j, s: StatusFrame(job_id=j, seq=s, status=job.status, attempt=job.attempt))
+        await emitter.status()
         try:
             await self._work(emitter)
         except asyncio.CancelledError:
@@ -141,7 +139,7 @@ class JobRunner:
         for f, size in zip(job.files, sizes, strict=True):
             if size is None:
                 state.mark_unavailable(f)
-                await emitter.emit(lambda j, s, f=f: FileFrame(job_id=j, seq=s, file=f))
+                await emitter.file(f)
             else:
                 state.mark_available(job, f, size)
                 available.append(f)
@@ -165,7 +163,7 @@ class JobRunner:
                         await asyncio.sleep(pacer.delay_after(len(chunk)))
                 await writer.write(bundle.drain())
                 state.mark_done(job, f)
-                await emitter.emit(lambda j, s, f=f: FileFrame(job_id=j, seq=s, file=f))
+                await emitter.file(f)
             await writer.write(bundle.close())
         await emitter.flush_progress()
         return await writer.complete()
@@ -203,7 +201,7 @@ class JobRunner:
         # Shutdown: hand the job back so another worker (or this one, restarted) runs it.
         state.transition(job, JobStatus.QUEUED)
         state.reset_progress(job)
-        await emitter.emit(lambda j, s: StatusFrame(job_id=j, seq=s, status=job.status, attempt=job.attempt))
+        await emitter.status()
         await self._store.enqueue(job.job_id)
 
     def _delay_s(self) -> float:

@@ -116,7 +116,9 @@ class JobService:
         if status is JobStatus.CANCELLED:
             return record.job
         if status.is_terminal:
-            raise JobStateConflict(f"job {job_id} is already {status.value}; it cannot be cancelled", status)
+            raise JobStateConflict(
+                f"job {job_id} is already {status.value}; it cannot be cancelled", status
+            )
         task = self._running.get(job_id)
         if task is not None:
             self._stop_reasons[job_id] = "cancel"

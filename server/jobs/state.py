@@ -65,7 +65,9 @@ def can_transition(current: JobStatus, target: JobStatus) -> bool:
 def transition(job: JobSnapshot, target: JobStatus, error: JobError | None = None) -> None:
     """Move ``job`` to ``target`` in place, stamping times; raise if the move is illegal."""
     if not can_transition(job.status, target):
-        raise IllegalTransition(f"job {job.job_id} is {job.status.value}; cannot become {target.value}")
+        raise IllegalTransition(
+            f"job {job.job_id} is {job.status.value}; cannot become {target.value}"
+        )
     job.status = target
     if target is JobStatus.PROCESSING:
         job.started_at = job.started_at or utc_now()

@@ -140,7 +140,9 @@ class Hub:
             job_id=snapshot.job_id, seq=snapshot.seq, job=snapshot, recovered=recovered
         )
         text = encoder.encode(frame).decode()
-        return Outgoing(snapshot.job_id, snapshot.seq, "snapshot", text, snapshot.status.is_terminal)
+        return Outgoing(
+            snapshot.job_id, snapshot.seq, "snapshot", text, snapshot.status.is_terminal
+        )
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)

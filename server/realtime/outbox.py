@@ -21,7 +21,13 @@ class Outgoing:
     __slots__ = ("job_id", "seq", "terminal", "text", "type")
 
     def __init__(self, job_id: str, seq: int, type: str, text: str, terminal: bool = False) -> None:
-        self.job_id, self.seq, self.type, self.text, self.terminal = job_id, seq, type, text, terminal
+        self.job_id, self.seq, self.type, self.text, self.terminal = (
+            job_id,
+            seq,
+            type,
+            text,
+            terminal,
+        )
 
     def __repr__(self) -> str:
         return f"Outgoing({self.job_id[:8]}, {self.seq}, {self.type})"

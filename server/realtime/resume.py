@@ -40,8 +40,14 @@ class Sequencer(Generic[T]):
         self.catching_up = True
 
     def caught_up(self, replay: list[tuple[int, T]]) -> list[T]:
-        """Deliver the snapshot/history ``replay``, then the frames held meanwhile."""
-        merged = sorted([*replay, *self._held], key=lambda pair: pair[0])
+        """Deliver the snapshot/history ``replay``, then the frames held meanwhile.
+
+        Held frames older than the replay's first item are already reflected in it (a
+        snapshot at seq S covers every frame up to S), so they are dropped."""
+        floor = replay[0][0] if replay else -1
+        held = [pair for pair in self._held if pair[0] >= floor]
+        # sorted() is stable: on equal seq the replayed item wins and the held one is a dup.
+        merged = sorted([*replay, *held], key=lambda pair: pair[0])
         self._held.clear()
         self.catching_up = False
         out: list[T] = []

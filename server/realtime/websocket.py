@@ -51,7 +51,8 @@ SLOW_CONSUMER_REASON = "slow consumer: reconnect with since=<last seq>"
 
 
 def control(message: Control, job_id: str = "") -> Outgoing:
-    return Outgoing(job_id, CONTROL_SEQ, message.__struct_config__.tag or "", encoder.encode(message).decode())
+    tag = str(message.__struct_config__.tag)
+    return Outgoing(job_id, CONTROL_SEQ, tag, encoder.encode(message).decode())
 
 
 def error_item(code: str, message: str, job_id: str | None = None) -> Outgoing:
@@ -113,8 +114,12 @@ async def multiplexed(ws: WebSocket) -> None:
     """WS /v1/ws: many jobs, one socket."""
     services = services_of(ws)
     await ws.accept()
-    session = MuxSession(ws, services.hub, services.settings.outbox_limit,
-                         services.settings.max_subscriptions_per_socket)
+    session = MuxSession(
+        ws,
+        services.hub,
+        services.settings.outbox_limit,
+        services.settings.max_subscriptions_per_socket,
+    )
     await session.run()
 
 
@@ -150,7 +155,9 @@ class MuxSession:
                 return
             text = message.get("text")
             if text is None:
-                self._outbox.put(error_item("bad_request", "binary messages are not supported; send JSON text"))
+                self._outbox.put(
+                    error_item("bad_request", "binary messages are not supported; send JSON text")
+                )
                 continue
             try:
                 op = op_decoder.decode(text)
@@ -191,4 +198,3 @@ class MuxSession:
             return
         self._hub.unwatch(watch)
         self._outbox.put(control(AckMessage(op="unsubscribe", job_id=op.job_id), op.job_id))
-

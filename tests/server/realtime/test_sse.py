@@ -1,0 +1,36 @@
+"""SSE formatting and resume-point parsing (pure)."""
+
+import pytest
+
+from server.errors import BadRequest
+from server.realtime.sse import format_retry, format_sse_event, parse_since
+
+
+def test_event_has_id_event_and_data() -> None:
+    """id is the seq, event the frame type, data the JSON; a blank line ends the event."""
+    assert format_sse_event('{"a":1}', event="progress", id=7) == (
+        b'id: 7\nevent: progress\ndata: {"a":1}\n\n'
+    )
+
+
+def test_multiline_data_becomes_several_data_fields() -> None:
+    """A newline in data cannot end the event early."""
+    assert format_sse_event("a\nb") == b"data: a\ndata: b\n\n"
+
+
+def test_retry_hint() -> None:
+    """The retry field tells EventSource how long to wait before reconnecting."""
+    assert format_retry(2000) == b"retry: 2000\n\n"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, None), ("", None), ("0", 0), ("42", 42)])
+def test_since_parses(raw: str | None, expected: int | None) -> None:
+    """An absent or empty value means "from the snapshot"."""
+    assert parse_since(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["-1", "abc", "1.5", "9" * 40])
+def test_bad_since_is_a_400(raw: str) -> None:
+    """Anything but a non-negative integer is refused."""
+    with pytest.raises(BadRequest):
+        parse_since(raw)
