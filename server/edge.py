@@ -98,15 +98,25 @@ class EdgeHeaders:
             await self._preflight(send, extra)
             return
 
+        responded = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal responded
             if message["type"] == "http.response.start":
+                responded = True
                 message.setdefault("headers", [])
                 out = MutableHeaders(scope=message)
                 for name, value in extra:
                     out.append(name.decode(), value.decode())
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Starlette re-raises after its 500 handler answered (and logged); letting it
+            # reach uvicorn would only drop the keep-alive connection under the client.
+            if not responded:
+                raise
 
     def _cors(self, headers: Headers) -> list[tuple[bytes, bytes]]:
         expose = [(b"access-control-expose-headers", EXPOSE_HEADERS.encode())]

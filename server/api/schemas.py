@@ -80,7 +80,7 @@ class ResultResponse(Wire, kw_only=True):
     size: int | None
 
 
-class ErrorResponse(msgspec.Struct):
+class ErrorResponse(msgspec.Struct, omit_defaults=True):
     error: str
     message: str
     request_id: str = msgspec.field(name="requestId")
