@@ -259,7 +259,13 @@ async def test_openapi_describes_every_endpoint(http: httpx.AsyncClient) -> None
     ):
         assert path in doc["paths"]
     schemas = doc["components"]["schemas"]
-    for name in ("SnapshotFrame", "ProgressFrame", "CompletedFrame", "JobSnapshot", "ServerMessage"):
+    for name in (
+        "SnapshotFrame",
+        "ProgressFrame",
+        "CompletedFrame",
+        "JobSnapshot",
+        "ServerMessage",
+    ):
         assert name in schemas
     assert doc["paths"]["/v1/download/start"]["post"]["deprecated"] is True
     docs = await http.get("/docs")

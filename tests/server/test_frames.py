@@ -19,7 +19,13 @@ JOB = "2d1b7a1c-4b8e-4c55-9a57-8f0f7e5c0c3a"
 def test_frame_round_trips_with_type_tag_and_camel_case() -> None:
     """Frames carry type, jobId, seq and ts, and decode back to the same Struct."""
     frame = ProgressFrame(
-        job_id=JOB, seq=3, ts=1.5, progress=50.0, bytes_done=5, bytes_total=10, files_done=0,
+        job_id=JOB,
+        seq=3,
+        ts=1.5,
+        progress=50.0,
+        bytes_done=5,
+        bytes_total=10,
+        files_done=0,
         files_total=1,
     )
     raw = encoder.encode(frame)

@@ -15,7 +15,9 @@ UNAVAILABLE = 99999
 
 
 async def initiate(http: httpx.AsyncClient, file_ids: list[int], **headers: str) -> dict[str, Any]:
-    response = await http.post("/v1/download/initiate", json={"file_ids": file_ids}, headers=headers)
+    response = await http.post(
+        "/v1/download/initiate", json={"file_ids": file_ids}, headers=headers
+    )
     assert response.status_code == 202, response.text
     body: dict[str, Any] = response.json()
     return body

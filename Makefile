@@ -1,0 +1,34 @@
+# The README's two commands are `make run` and `make test`; the rest are helpers.
+.PHONY: run test install lint typecheck check pytest bench clean
+
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Short simulated jobs for a person trying it out (the real scenario is 10-120 s).
+RUN_ENV := DOWNLOAD_DELAY_MIN_MS=$${DOWNLOAD_DELAY_MIN_MS:-4000} \
+	DOWNLOAD_DELAY_MAX_MS=$${DOWNLOAD_DELAY_MAX_MS:-12000} \
+	LOG_FORMAT=$${LOG_FORMAT:-text}
+
+run:  ## create .venv, install, serve on embedded defaults (http://127.0.0.1:3000)
+	@bash .ci/venv
+	$(RUN_ENV) $(BIN)/delineate serve
+
+test: install check pytest  ## install everything the tests need, lint, type-check, run the suite
+
+install:
+	@bash .ci/install
+
+check: lint typecheck
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	CI=$${CI:-true} $(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .cache data test-artifacts .pytest_cache .mypy_cache .ruff_cache
