@@ -8,8 +8,9 @@
     ├── Forbidden (403, 4403)             tampered or expired download link
     ├── RateLimited (429, 1013)
     ├── GatewayTimeout (504, 1011)
-    └── StorageError (503, 1011)          the object store failed
-        └── ObjectMissing                 a key that should exist does not
+    └── StorageError (503, 1011)          the object store failed (permanently)
+        ├── ObjectMissing                 a key that should exist does not
+        └── TransientStorageError         worth retrying (unreachable, 5xx, throttled)
 
 Handlers in ``server.api.responses`` turn these into ``{"error", "message", "requestId"}``
 bodies; the real-time endpoints turn them into ``error`` frames or close codes.
@@ -73,6 +74,12 @@ class StorageError(DelineateError):
 
 class ObjectMissing(StorageError):
     code = "object_missing"
+
+
+class TransientStorageError(StorageError):
+    """Worth retrying: the store was unreachable, slow, or answered 5xx / SlowDown."""
+
+    code = "storage_unavailable"
 
 
 class JobStateConflict(Conflict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -15,6 +16,9 @@ from server.realtime.hub import Hub
 from server.settings import Settings
 from server.storage.base import Storage
 
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
 
 class Services(msgspec.Struct, kw_only=True):
     settings: Settings
@@ -23,6 +27,8 @@ class Services(msgspec.Struct, kw_only=True):
     store: JobStore
     jobs: JobService
     hub: Hub
+    redis: Any = None
+    """The shared redis.asyncio client, when REDIS_URL is set."""
 
     def health_checks(self) -> dict[str, Awaitable[bool]]:
         """One check per dependency; the embedded backends have nothing to check but storage."""
@@ -34,6 +40,21 @@ class Services(msgspec.Struct, kw_only=True):
 
 
 def build_storage(settings: Settings) -> Storage:
+    if settings.uses_s3:
+        from server.storage.s3 import S3Storage
+
+        return S3Storage(
+            bucket=settings.s3_bucket_name,
+            region=settings.s3_region,
+            endpoint=settings.s3_endpoint,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+            force_path_style=settings.s3_force_path_style,
+            create_bucket=settings.s3_create_bucket,
+            part_size=settings.s3_part_size_mb * 1024 * 1024,
+            max_threads=settings.s3_max_threads,
+            timeout_s=settings.storage_timeout_s,
+        )
     from server.storage.local import LocalStorage
 
     return LocalStorage(
@@ -43,7 +64,29 @@ def build_storage(settings: Settings) -> Storage:
     )
 
 
-def build_broker(settings: Settings) -> Broker:
+def redis_client(settings: Settings) -> aioredis.Redis:
+    import redis.asyncio as aioredis
+
+    assert settings.redis_url
+    # Short socket timeouts: a dead Redis must fail fast (health, frames), never hang.
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=10,
+        max_connections=64 + settings.job_concurrency,
+    )
+
+
+def build_broker(settings: Settings, client: aioredis.Redis | None) -> Broker:
+    if client is not None:
+        from server.broker.redis import RedisBroker
+
+        return RedisBroker(
+            client,
+            history_max_frames=settings.history_max_frames,
+            retention_s=settings.job_retention_s,
+        )
     from server.broker.memory import MemoryBroker
 
     return MemoryBroker(
@@ -51,20 +94,30 @@ def build_broker(settings: Settings) -> Broker:
     )
 
 
-def build_store(settings: Settings) -> JobStore:
+def build_store(settings: Settings, client: aioredis.Redis | None) -> JobStore:
+    if client is not None:
+        from server.jobstore.redis import RedisJobStore
+
+        return RedisJobStore(
+            client, retention_s=settings.job_retention_s, lease_ms=settings.job_lease_ms
+        )
     from server.jobstore.memory import MemoryJobStore
 
     return MemoryJobStore(retention_s=settings.job_retention_s)
 
 
 def build(settings: Settings) -> Services:
-    storage, broker, store = build_storage(settings), build_broker(settings), build_store(settings)
+    client = redis_client(settings) if settings.redis_url else None
+    storage = build_storage(settings)
+    broker, store = build_broker(settings, client), build_store(settings, client)
     config = RunnerConfig(
         delay_enabled=settings.download_delay_enabled,
         delay_min_ms=settings.download_delay_min_ms,
         delay_max_ms=settings.download_delay_max_ms,
         url_ttl_s=settings.download_url_ttl_s,
         progress_interval_s=settings.progress_interval_ms / 1000,
+        max_attempts=settings.job_max_attempts,
+        retry_base_s=settings.job_retry_base_ms / 1000,
     )
     jobs = JobService(
         storage=storage,
@@ -87,7 +140,11 @@ async def running(services: Services) -> AsyncIterator[Services]:
         stack.push_async_callback(services.storage.stop)
         await services.store.start()
         stack.push_async_callback(services.store.stop)
-        await services.broker.start(services.hub.deliver)
+        if services.redis is not None:
+            stack.push_async_callback(services.redis.aclose)
+        await services.broker.start(
+            services.hub.deliver, services.jobs.on_signal, services.hub.resync
+        )
         stack.push_async_callback(services.broker.stop)
         await services.jobs.start()
         stack.push_async_callback(services.jobs.stop)

@@ -42,6 +42,17 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     download_delay_min_ms: Milliseconds = 10_000
     download_delay_max_ms: Milliseconds = 200_000
 
+    # --- scale-out ---
+    redis_url: str | None = None
+    """redis://host:port/db: shared broker and job store for several replicas ("" = embedded)."""
+    s3_create_bucket: bool = True
+    s3_part_size_mb: Annotated[int, msgspec.Meta(ge=5, le=5000)] = 8
+    s3_max_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
+    storage_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 3.0
+    job_lease_ms: Annotated[int, msgspec.Meta(ge=500)] = 15_000
+    job_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    job_retry_base_ms: Annotated[int, msgspec.Meta(ge=1)] = 1_000
+
     # --- embedded defaults ---
     data_dir: str = "data"
     """Root of the local-disk object store (used when S3_BUCKET_NAME is empty)."""

@@ -40,7 +40,7 @@ def replica_factory(tmp_path: Path) -> Iterator[ReplicaFactory]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
-    """One replica on embedded defaults with ~1 s jobs, shared by tests that need no special settings."""
+    """One replica with ~1 s jobs, shared by the tests that need no special settings."""
     tmp = tmp_path_factory.mktemp("server")
     replica = Replica("shared", {"DATA_DIR": str(tmp / "data")}, tmp)
     replica.start()

@@ -1,21 +1,28 @@
 """The Broker interface: how encoded frames move between a job and its watchers.
 
-A broker does four things and no more: allocate a job's next ``seq``; publish an encoded
+A broker does five things and no more: allocate a job's next ``seq``; publish an encoded
 frame (append it to the job's bounded history, then fan it out to every replica that
-subscribed to the job's channel); read the history after a seq; and subscribe/unsubscribe
-this replica to a job's channel. Policy (who watches what, resume, slow clients) lives in
-``server.realtime.hub``. One module per backend: ``memory`` (one process) and ``redis``.
+subscribed to the job's channel); read the history after a seq; subscribe/unsubscribe
+this replica to a job's channel; and broadcast a small signal to every replica. Policy
+(who watches what, resume, slow clients) lives in ``server.realtime.hub``. One module per
+backend: ``memory`` (one process) and ``redis``.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
 Deliver = Callable[[str, bytes], None]
 """Called with (job_id, encoded frame) for every frame on a channel this replica follows."""
+
+OnSignal = Callable[[bytes], None]
+"""Called with every message sent with ``Broker.signal`` (by any replica)."""
+
+Resync = Callable[[], Awaitable[None]]
+"""Called after the broker reconnected: messages may have been lost while it was down."""
 
 
 class History(msgspec.Struct, frozen=True):
@@ -31,7 +38,7 @@ class Broker(abc.ABC):
     """The /health check this backend reports under (None: nothing to check)."""
 
     @abc.abstractmethod
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, on_signal: OnSignal, resync: Resync) -> None:
         """Connect and begin delivering messages of subscribed channels to ``deliver``."""
 
     @abc.abstractmethod
@@ -53,6 +60,10 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def unsubscribe(self, job_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def signal(self, payload: bytes) -> None:
+        """Send ``payload`` to every replica's ``on_signal`` (this one's included)."""
 
     async def check(self) -> bool:
         """True when the broker can serve; used by /health."""

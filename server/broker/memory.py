@@ -6,7 +6,7 @@ import asyncio
 import itertools
 from collections import defaultdict, deque
 
-from server.broker.base import Broker, Deliver, History
+from server.broker.base import Broker, Deliver, History, OnSignal, Resync
 
 
 class MemoryBroker(Broker):
@@ -20,9 +20,14 @@ class MemoryBroker(Broker):
         self._subscribed: defaultdict[str, int] = defaultdict(int)
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._deliver: Deliver | None = None
+        self._on_signal: OnSignal | None = None
 
-    async def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
+    async def start(self, deliver: Deliver, on_signal: OnSignal, resync: Resync) -> None:
+        self._deliver, self._on_signal = deliver, on_signal
+
+    async def signal(self, payload: bytes) -> None:
+        if self._on_signal is not None:
+            self._on_signal(payload)
 
     async def stop(self) -> None:
         for handle in self._expiry.values():

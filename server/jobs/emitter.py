@@ -15,12 +15,17 @@ from server.frames import (
     AnyFrame,
     FileFrame,
     FileProgress,
+    JobStatus,
     ProgressFrame,
     StatusFrame,
     encoder,
 )
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
+
+
+class Superseded(Exception):
+    """The stored job moved on (cancelled, or taken by another worker) before this write."""
 
 
 class Throttle:
@@ -48,20 +53,26 @@ class FrameEmitter:
         self._broker, self._store, self.record = broker, store, record
         self._throttle = Throttle(progress_interval)
 
-    async def emit(self, build: Callable[[str, int], AnyFrame]) -> AnyFrame:
+    async def emit(
+        self, build: Callable[[str, int], AnyFrame], *, expect: JobStatus | None = None
+    ) -> AnyFrame:
+        """Publish one frame. With ``expect``, only if the stored status still is that
+        (else ``Superseded``: someone else moved the job first)."""
         job = self.record.job
         seq = await self._broker.next_seq(job.job_id)
         job.seq = seq
         frame = build(job.job_id, seq)
-        await self._store.save(self.record)
+        if not await self._store.save(self.record, expect=expect):
+            raise Superseded(f"job {job.job_id} is no longer {expect}")
         terminal = frame.__struct_config__.tag in TERMINAL_FRAME_TYPES
         await self._broker.publish(job.job_id, seq, encoder.encode(frame), terminal=terminal)
         return frame
 
-    async def status(self) -> None:
+    async def status(self, *, expect: JobStatus | None = None) -> None:
         job = self.record.job
         await self.emit(
-            lambda j, s: StatusFrame(job_id=j, seq=s, status=job.status, attempt=job.attempt)
+            lambda j, s: StatusFrame(job_id=j, seq=s, status=job.status, attempt=job.attempt),
+            expect=expect,
         )
 
     async def file(self, f: FileProgress) -> None:

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from server.backoff import full_jitter
 from server.broker.base import Broker
 from server.bundle import ZipBundle
-from server.errors import StorageError
+from server.errors import StorageError, TransientStorageError
 from server.frames import (
     CancelledFrame,
     CompletedFrame,
@@ -28,7 +29,7 @@ from server.frames import (
     JobStatus,
 )
 from server.jobs import state
-from server.jobs.emitter import FrameEmitter
+from server.jobs.emitter import FrameEmitter, Superseded
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
 from server.storage.base import ObjectWriter, Storage
@@ -46,6 +47,9 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     delay_max_ms: int
     url_ttl_s: int
     progress_interval_s: float
+    max_attempts: int = 3
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 30.0
     check_concurrency: int = 16
 
 
@@ -87,6 +91,7 @@ class JobRunner:
         self._rng = rng or random.Random()
 
     async def run(self, record: JobRecord) -> None:
+        """Run a queued job, or take over one whose replica was lost mid-run."""
         emitter = FrameEmitter(
             broker=self._broker,
             store=self._store,
@@ -94,11 +99,19 @@ class JobRunner:
             progress_interval=self._config.progress_interval_s,
         )
         job = record.job
+        stored = job.status
+        if stored is JobStatus.PROCESSING:
+            # Taken over: the bundle restarts from the first file (the safe point).
+            state.transition(job, JobStatus.QUEUED)
         state.reset_progress(job)
         state.transition(job, JobStatus.PROCESSING)
-        await emitter.status()
         try:
-            await self._work(emitter)
+            await emitter.status(expect=stored)
+        except Superseded:
+            log.info("job %s changed before it started; not running it", job.job_id)
+            return
+        try:
+            await self._attempts(emitter)
         except asyncio.CancelledError:
             await self._stopped(emitter)
             raise
@@ -109,6 +122,28 @@ class JobRunner:
         except Exception:
             log.exception("job crashed", extra={"job_id": job.job_id})
             await self._fail(emitter, JobError(code="internal_error", message="the job crashed"))
+
+    async def _attempts(self, emitter: FrameEmitter) -> None:
+        """Retry transient storage failures with exponential backoff and jitter."""
+        job = emitter.record.job
+        for attempt in range(1, self._config.max_attempts + 1):
+            try:
+                await self._work(emitter)
+                return
+            except TransientStorageError as exc:
+                if attempt == self._config.max_attempts:
+                    message = f"storage failed {attempt} times; last error: {exc.message}"
+                    raise JobFailure(exc.code, message) from exc
+                delay = full_jitter(
+                    attempt - 1, base=self._config.retry_base_s, cap=self._config.retry_cap_s
+                )
+                log.warning(
+                    "job %s: transient storage error (%s); retry in %.1fs", job.job_id, exc, delay
+                )
+                await asyncio.sleep(delay)
+                state.reset_progress(job)
+                job.attempt += 1
+                await emitter.status()
 
     async def _work(self, emitter: FrameEmitter) -> None:
         job = emitter.record.job

@@ -8,21 +8,35 @@ in ``_running`` so cancel can reach it. Every task is supervised: failures are l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import uuid
+
+import msgspec
 
 from server.broker.base import Broker
 from server.errors import Conflict, JobStateConflict, NotFound
 from server.frames import CancelledFrame, JobSnapshot, JobStatus
 from server.jobs import state
-from server.jobs.emitter import FrameEmitter
+from server.jobs.emitter import FrameEmitter, Superseded
 from server.jobs.runner import JobRunner, RunnerConfig, iso
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
 from server.storage.base import Storage
 
 log = logging.getLogger("delineate.jobs")
+
+
+REMOTE_CANCEL_WAIT_S = 3.0
+
+
+class CancelSignal(msgspec.Struct, tag="cancel"):
+    job_id: str
+
+
+encode_signal = msgspec.json.encode
+decode_signal = msgspec.json.Decoder(CancelSignal).decode
 
 
 def fingerprint(file_ids: list[int]) -> str:
@@ -119,23 +133,65 @@ class JobService:
             raise JobStateConflict(
                 f"job {job_id} is already {status.value}; it cannot be cancelled", status
             )
+        if status is JobStatus.QUEUED and await self._cancel_queued(record):
+            return record.job
         task = self._running.get(job_id)
         if task is not None:
             self._stop_reasons[job_id] = "cancel"
             task.cancel()
             await asyncio.wait([task])
         else:
-            await self._cancel_queued(record)
+            # Running on another replica: tell every replica; the one running it stops it.
+            await self._broker.signal(encode_signal(CancelSignal(job_id=job_id)))
+            await self._wait_terminal(job_id)
         return (await self.get(job_id)).job
+
+    def on_signal(self, payload: bytes) -> None:
+        """Broker callback: a replica asked to cancel a job; stop it if it runs here."""
+        try:
+            signal = decode_signal(payload)
+        except msgspec.ValidationError:
+            log.warning("ignoring a malformed signal")
+            return
+        task = self._running.get(signal.job_id)
+        if task is not None:
+            self._stop_reasons[signal.job_id] = "cancel"
+            task.cancel()
+
+    async def _wait_terminal(self, job_id: str) -> None:
+        """Wait for a remote cancel to land; if no replica runs the job (its replica died
+        and the lease has not lapsed yet), cancel it in the store ourselves."""
+        for _ in range(int(REMOTE_CANCEL_WAIT_S / 0.05)):
+            record = await self.get(job_id)
+            if record.job.status.is_terminal:
+                return
+            await asyncio.sleep(0.05)
+        record = await self.get(job_id)
+        if record.job.status is JobStatus.PROCESSING:
+            state.transition(record.job, JobStatus.CANCELLED)
+            emitter = self._emitter(record)
+            with contextlib.suppress(Superseded):
+                await emitter.emit(
+                    lambda j, s: CancelledFrame(job_id=j, seq=s), expect=JobStatus.PROCESSING
+                )
 
     # --- internals ---------------------------------------------------------------------
 
-    async def _cancel_queued(self, record: JobRecord) -> None:
-        state.transition(record.job, JobStatus.CANCELLED)
-        emitter = FrameEmitter(
+    def _emitter(self, record: JobRecord) -> FrameEmitter:
+        return FrameEmitter(
             broker=self._broker, store=self._store, record=record, progress_interval=0
         )
-        await emitter.emit(lambda j, s: CancelledFrame(job_id=j, seq=s))
+
+    async def _cancel_queued(self, record: JobRecord) -> bool:
+        """Cancel a job no worker has started; False if one started it meanwhile."""
+        state.transition(record.job, JobStatus.CANCELLED)
+        try:
+            await self._emitter(record).emit(
+                lambda j, s: CancelledFrame(job_id=j, seq=s), expect=JobStatus.QUEUED
+            )
+        except Superseded:
+            return False
+        return True
 
     async def _work(self) -> None:
         while True:
@@ -147,8 +203,8 @@ class JobService:
 
     async def _run_one(self, job_id: str) -> None:
         record = await self._store.get(job_id)
-        if record is None or record.job.status is not JobStatus.QUEUED:
-            return  # cancelled (or expired) while it waited
+        if record is None or record.job.status.is_terminal:
+            return  # cancelled (or expired) while it waited, or finished before a crash
         task = asyncio.create_task(self._runner.run(record), name=f"job-{job_id}")
         task.add_done_callback(_log_failure)
         self._running[job_id] = task

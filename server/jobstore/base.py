@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 
+from server.frames import JobStatus
 from server.jobs.state import JobRecord
 
 
@@ -28,8 +29,11 @@ class JobStore(abc.ABC):
     async def get(self, job_id: str) -> JobRecord | None: ...
 
     @abc.abstractmethod
-    async def save(self, record: JobRecord) -> None:
-        """Overwrite the record; a terminal one starts its retention clock."""
+    async def save(self, record: JobRecord, *, expect: JobStatus | None = None) -> bool:
+        """Write the record (kept for the retention period after its last write).
+
+        With ``expect``, write only if the stored record is still in that status, atomically;
+        return whether it was written. That settles a cancel racing a worker's start."""
 
     @abc.abstractmethod
     async def enqueue(self, job_id: str) -> None: ...

@@ -6,6 +6,7 @@ import asyncio
 
 import msgspec
 
+from server.frames import JobStatus
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
 
@@ -42,12 +43,17 @@ class MemoryJobStore(JobStore):
         raw = self._records.get(job_id)
         return None if raw is None else _decode(raw)
 
-    async def save(self, record: JobRecord) -> None:
+    async def save(self, record: JobRecord, *, expect: JobStatus | None = None) -> bool:
         job_id = record.job.job_id
+        if expect is not None:
+            current = self._records.get(job_id)
+            if current is None or _decode(current).job.status is not expect:
+                return False
         self._records[job_id] = _encode(record)
         if record.job.status.is_terminal and job_id not in self._expiry:
             loop = asyncio.get_running_loop()
             self._expiry[job_id] = loop.call_later(self._retention_s, self._forget, job_id)
+        return True
 
     async def enqueue(self, job_id: str) -> None:
         self._queue.put_nowait(job_id)

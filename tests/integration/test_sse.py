@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_stream_headers_and_events(http: httpx.AsyncClient) -> None:
-    """text/event-stream, no caching or proxy buffering, id = seq, event = type, ends on terminal."""
+    """text/event-stream, no caching or buffering; id = seq, event = type; ends on terminal."""
     job = await initiate(http, AVAILABLE)
     async with http.stream("GET", job["streamUrl"]) as response:
         assert response.headers["content-type"].startswith("text/event-stream")

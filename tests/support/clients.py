@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -92,4 +93,4 @@ def seqs(frames: list[dict[str, Any]]) -> list[int]:
 
 
 def assert_strictly_increasing(values: list[int]) -> None:
-    assert all(a < b for a, b in zip(values, values[1:], strict=False)), values
+    assert all(a < b for a, b in itertools.pairwise(values)), values

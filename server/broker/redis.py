@@ -1,0 +1,192 @@
+"""Redis broker: one pub/sub connection per replica, a Stream per job for history.
+
+- ``next_seq`` is an INCR on the job's counter, so seq keeps increasing whichever replica
+  runs the job, also after the job moves.
+- ``publish`` appends to the job's Stream under the explicit id ``<seq>-0`` (so XRANGE by
+  seq is exact, and a stale writer's older seq is refused by Redis) and PUBLISHes to the
+  job's channel, in one pipeline. The stream is trimmed to ``history_max_frames`` and
+  expires ``retention_s`` after the last frame.
+- The replica subscribes to a job's channel only while a local client follows the job
+  (the hub reference-counts), plus one control channel for signals.
+- A supervised listener reads the pub/sub connection. When Redis drops it reconnects with
+  capped, jittered backoff, resubscribes every channel, then calls ``resync`` so the hub
+  replays from history what was published while it was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from server import redis_keys as keys
+from server.backoff import full_jitter
+from server.broker.base import Broker, Deliver, History, OnSignal, Resync
+
+log = logging.getLogger("delineate.broker")
+
+RECONNECT_BASE_S = 0.1
+RECONNECT_CAP_S = 5.0
+POLL_TIMEOUT_S = 1.0
+
+
+class RedisBroker(Broker):
+    name = "redis"
+    health_key = "redis"
+
+    def __init__(
+        self, client: aioredis.Redis, *, history_max_frames: int, retention_s: int
+    ) -> None:
+        # Any: redis-py types every reply as a bytes | str | int union; we decode at the edge.
+        self._redis: Any = client
+        self._history_max = history_max_frames
+        self._retention_s = retention_s
+        self._channels: set[str] = set()
+        self._pubsub: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._deliver: Deliver | None = None
+        self._on_signal: OnSignal | None = None
+        self._resync: Resync | None = None
+        self.connected = False
+        self.reconnects = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, deliver: Deliver, on_signal: OnSignal, resync: Resync) -> None:
+        self._deliver, self._on_signal, self._resync = deliver, on_signal, resync
+        await self._connect()
+        self._listener = asyncio.create_task(self._listen(), name="redis-broker-listener")
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._close_pubsub()
+
+    async def _connect(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(keys.CONTROL_CHANNEL, *self._channels)
+        self._pubsub = pubsub
+        self.connected = True
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        self.connected = False
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    # --- the supervised listener -------------------------------------------------------
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                await self._pump()
+            except (RedisError, OSError) as exc:
+                log.warning("redis pub/sub connection lost: %s", exc)
+            await self._close_pubsub()
+            await self._reconnect()
+
+    async def _pump(self) -> None:
+        while self._pubsub is not None:
+            message = await self._pubsub.get_message(timeout=POLL_TIMEOUT_S)
+            if message is not None and message["type"] == "message":
+                self._dispatch(message["channel"], message["data"])
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        name = channel.decode()
+        try:
+            if name == keys.CONTROL_CHANNEL:
+                if self._on_signal is not None:
+                    self._on_signal(data)
+            elif self._deliver is not None:
+                self._deliver(keys.job_id_of_channel(name), data)
+        except Exception:
+            log.exception("dispatching a message from %s failed", name)
+
+    async def _reconnect(self) -> None:
+        attempt = 0
+        while True:
+            await asyncio.sleep(full_jitter(attempt, base=RECONNECT_BASE_S, cap=RECONNECT_CAP_S))
+            try:
+                await self._connect()
+            except (RedisError, OSError) as exc:
+                attempt += 1
+                log.warning("redis reconnect attempt %d failed: %s", attempt, exc)
+                await self._close_pubsub()
+                continue
+            self.reconnects += 1
+            log.info("redis pub/sub reconnected; resubscribed %d channels", len(self._channels))
+            if self._resync is not None:
+                try:
+                    await self._resync()
+                except (RedisError, OSError):
+                    log.warning("resync after reconnect failed; retrying", exc_info=True)
+                    await self._close_pubsub()
+                    continue
+            return
+
+    # --- Broker ------------------------------------------------------------------------
+
+    async def next_seq(self, job_id: str) -> int:
+        return int(await self._redis.incr(keys.job_seq(job_id)))
+
+    async def publish(self, job_id: str, seq: int, payload: bytes, *, terminal: bool) -> None:
+        stream = keys.job_history(job_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(
+                stream, {"f": payload}, id=f"{seq}-0", maxlen=self._history_max, approximate=False
+            )
+            pipe.expire(stream, self._retention_s)
+            pipe.expire(keys.job_seq(job_id), self._retention_s)
+            pipe.publish(keys.job_channel(job_id), payload)
+            results = await pipe.execute(raise_on_error=False)
+        if isinstance(results[0], ResponseError):
+            # A smaller-or-equal id than the stream's last: a stale writer (the job moved).
+            log.warning("frame %s of job %s refused by history: %s", seq, job_id, results[0])
+        for result in results[1:]:
+            if isinstance(result, Exception):
+                raise result
+
+    async def history(self, job_id: str, since: int) -> History:
+        stream = keys.job_history(job_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(stream, "-", "+", count=1)
+            pipe.xrange(stream, f"{since + 1}-0", "+")
+            first, entries = await pipe.execute()
+        if not first:
+            return History(frames=[], first_retained=None)
+        frames = [(_seq_of(entry_id), fields[b"f"]) for entry_id, fields in entries]
+        return History(frames=frames, first_retained=_seq_of(first[0][0]))
+
+    async def subscribe(self, job_id: str) -> None:
+        channel = keys.job_channel(job_id)
+        self._channels.add(channel)
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                # If this fails the listener is reconnecting and will subscribe the channel.
+                await self._pubsub.subscribe(channel)
+
+    async def unsubscribe(self, job_id: str) -> None:
+        channel = keys.job_channel(job_id)
+        self._channels.discard(channel)
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(channel)
+
+    async def signal(self, payload: bytes) -> None:
+        await self._redis.publish(keys.CONTROL_CHANNEL, payload)
+
+    async def check(self) -> bool:
+        if not self.connected:
+            return False
+        return bool(await self._redis.ping())
+
+
+def _seq_of(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-")[0])
