@@ -14,11 +14,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from server.app import create_app
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"delineate: {exc}", file=sys.stderr)
-        return 2
+    settings = _settings_or_exit()
     host = args.host or settings.host
     port = args.port or settings.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -42,6 +38,54 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def seed(args: argparse.Namespace) -> int:
+    """Upload demo source files (ids divisible by 7) to the configured store."""
+    import asyncio
+
+    from server.services import build_storage
+    from server.storage import demo
+    from server.storage.keys import source_key
+
+    settings = _settings_or_exit()
+    if args.ids:
+        ids = [int(i) for i in args.ids.split(",")]
+    else:
+        first = args.start + (-args.start % 7)
+        ids = [first + 7 * i for i in range(args.count)]
+
+    def size_for(index: int, file_id: int) -> int:
+        if args.size is not None:
+            return int(args.size)
+        if args.ids:
+            return demo.size_of(file_id)
+        return demo.spread_size(index, args.max_mb * 1024 * 1024)
+
+    async def upload() -> None:
+        storage = build_storage(settings)
+        await storage.start()
+        try:
+            for index, file_id in enumerate(ids):
+                size = size_for(index, file_id)
+                writer = await storage.writer(source_key(file_id))
+                for chunk in demo.chunks(file_id, 1024 * 1024, size):
+                    await writer.write(chunk)
+                await writer.complete()
+                print(f"seeded {source_key(file_id)} ({size} bytes)")
+        finally:
+            await storage.stop()
+
+    asyncio.run(upload())
+    return 0
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"delineate: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="delineate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default=None, help="bind address (default: HOST or 0.0.0.0)")
     p.add_argument("--port", type=int, default=None, help="port (default: PORT or 3000)")
     p.set_defaults(run=serve)
+    p = commands.add_parser("seed", help="upload demo source files to the store (S3 or local)")
+    p.add_argument("--ids", help="comma-separated file ids (default: --count ids from --start)")
+    p.add_argument("--count", type=int, default=50, help="how many ids (default 50)")
+    p.add_argument(
+        "--start", type=int, default=70000, help="first id (rounded up to a multiple of 7)"
+    )
+    p.add_argument("--max-mb", type=int, default=32, help="largest seeded file in MiB (default 32)")
+    p.add_argument("--size", type=int, default=None, help="give every file this many bytes")
+    p.set_defaults(run=seed)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -8,6 +8,7 @@
     ├── Forbidden (403, 4403)             tampered or expired download link
     ├── RateLimited (429, 1013)
     ├── GatewayTimeout (504, 1011)
+    ├── BackendUnavailable (503, 1013)    Redis unreachable: retry
     └── StorageError (503, 1011)          the object store failed (permanently)
         ├── ObjectMissing                 a key that should exist does not
         └── TransientStorageError         worth retrying (unreachable, 5xx, throttled)
@@ -64,6 +65,12 @@ class RateLimited(DelineateError):
 
 class GatewayTimeout(DelineateError):
     status, code = 504, "timeout"
+
+
+class BackendUnavailable(DelineateError):
+    """The shared broker/job store (Redis) cannot be reached right now; worth retrying."""
+
+    status, close_code, code = 503, 1013, "backend_unavailable"
 
 
 class StorageError(DelineateError):

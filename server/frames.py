@@ -80,6 +80,8 @@ class JobSnapshot(Wire, kw_only=True):
     error: JobError | None = None
     seq: Seq = 0
     attempt: int = 0
+    worker: str | None = None
+    """The replica running (or that last ran) the job."""
     size: int | None = None
     download_url: str | None = None
     expires_at: str | None = None

@@ -116,6 +116,7 @@ def build(settings: Settings) -> Services:
         delay_max_ms=settings.download_delay_max_ms,
         url_ttl_s=settings.download_url_ttl_s,
         progress_interval_s=settings.progress_interval_ms / 1000,
+        replica_id=settings.replica_id,
         max_attempts=settings.job_max_attempts,
         retry_base_s=settings.job_retry_base_ms / 1000,
     )

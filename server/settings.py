@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import typing
 from collections.abc import Mapping
 from typing import Annotated
@@ -43,6 +44,8 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     download_delay_max_ms: Milliseconds = 200_000
 
     # --- scale-out ---
+    replica_id: str = ""
+    """Names this process in job documents and telemetry; "" gives <hostname>-<pid>."""
     redis_url: str | None = None
     """redis://host:port/db: shared broker and job store for several replicas ("" = embedded)."""
     s3_create_bucket: bool = True
@@ -85,6 +88,8 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
             raise ValueError("DOWNLOAD_DELAY_MIN_MS must be <= DOWNLOAD_DELAY_MAX_MS")
         if self.cors_origins != "*" and not self.cors_origin_list:
             raise ValueError("CORS_ORIGINS must be `*` or comma-separated origins")
+        if not self.replica_id:
+            self.replica_id = f"{socket.gethostname()}-{os.getpid()}"
         if not self.url_signing_secret:
             self.url_signing_secret = secrets.token_urlsafe(32)
 

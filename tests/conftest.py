@@ -1,4 +1,9 @@
-"""Shared fixtures: real server processes on ephemeral loopback ports, torn down by pid."""
+"""Shared fixtures: real server processes on ephemeral loopback ports, torn down by pid.
+
+Behavioural tests run once per backend: ``memory`` (embedded: in-process broker and job
+store, local-disk storage) and ``redis`` (a real redis-server and a real S3 server,
+SeaweedFS), so the two cannot drift.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ import httpx
 import pytest
 
 from tests.support.processes import Replica
+from tests.support.services import Backend, SeaweedS3
+
+BACKENDS = ["memory", "redis"]
 
 
 @pytest.fixture(scope="session")
@@ -18,17 +26,45 @@ def artifacts_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS for the session; each deployment uses a bucket of its own."""
+    server = SeaweedS3(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def make_backend(kind: str, tmp: Path, request: pytest.FixtureRequest) -> Backend:
+    s3 = request.getfixturevalue("s3_server") if kind == "redis" else None
+    backend = Backend(kind, tmp, s3)
+    backend.start()
+    return backend
+
+
+@pytest.fixture
+def backend(backend_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """A fresh backend for this test (its own redis-server and bucket when shared)."""
+    made = make_backend(backend_kind, tmp_path, request)
+    yield made
+    made.stop()
+
+
 ReplicaFactory = Callable[..., Replica]
 
 
 @pytest.fixture
-def replica_factory(tmp_path: Path) -> Iterator[ReplicaFactory]:
-    """Start replicas with extra settings; every one is stopped after the test."""
+def replica_factory(backend: Backend, tmp_path: Path) -> Iterator[ReplicaFactory]:
+    """Start replicas on this test's backend with extra settings; all stopped afterwards."""
     started: list[Replica] = []
 
     def start(name: str = "replica", **env: str) -> Replica:
-        env.setdefault("DATA_DIR", str(tmp_path / "data"))
-        replica = Replica(f"{name}-{len(started)}", env, tmp_path)
+        replica = Replica(f"{name}-{len(started)}", {**backend.env(), **env}, backend.tmp)
         started.append(replica)
         replica.start()
         return replica
@@ -39,10 +75,18 @@ def replica_factory(tmp_path: Path) -> Iterator[ReplicaFactory]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+def shared_backend(
+    backend_kind: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Backend]:
+    made = make_backend(backend_kind, tmp_path_factory.mktemp(f"shared-{backend_kind}"), request)
+    yield made
+    made.stop()
+
+
+@pytest.fixture(scope="session")
+def server(shared_backend: Backend) -> Iterator[Replica]:
     """One replica with ~1 s jobs, shared by the tests that need no special settings."""
-    tmp = tmp_path_factory.mktemp("server")
-    replica = Replica("shared", {"DATA_DIR": str(tmp / "data")}, tmp)
+    replica = Replica(f"shared-{shared_backend.kind}", shared_backend.env(), shared_backend.tmp)
     replica.start()
     yield replica
     replica.stop()

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 from server import redis_keys as keys
 from server.backoff import full_jitter
 from server.broker.base import Broker, Deliver, History, OnSignal, Resync
+from server.redis_errors import unavailable_on_disconnect
 
 log = logging.getLogger("delineate.broker")
 
@@ -133,9 +134,11 @@ class RedisBroker(Broker):
 
     # --- Broker ------------------------------------------------------------------------
 
+    @unavailable_on_disconnect
     async def next_seq(self, job_id: str) -> int:
         return int(await self._redis.incr(keys.job_seq(job_id)))
 
+    @unavailable_on_disconnect
     async def publish(self, job_id: str, seq: int, payload: bytes, *, terminal: bool) -> None:
         stream = keys.job_history(job_id)
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -153,6 +156,7 @@ class RedisBroker(Broker):
             if isinstance(result, Exception):
                 raise result
 
+    @unavailable_on_disconnect
     async def history(self, job_id: str, since: int) -> History:
         stream = keys.job_history(job_id)
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -179,6 +183,7 @@ class RedisBroker(Broker):
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.unsubscribe(channel)
 
+    @unavailable_on_disconnect
     async def signal(self, payload: bytes) -> None:
         await self._redis.publish(keys.CONTROL_CHANNEL, payload)
 

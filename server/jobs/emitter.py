@@ -6,10 +6,14 @@ reflects every frame up to S, so a watcher needs only the frames after S.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from collections.abc import Callable
 
+from server.backoff import full_jitter
 from server.broker.base import Broker
+from server.errors import BackendUnavailable
 from server.frames import (
     TERMINAL_FRAME_TYPES,
     AnyFrame,
@@ -22,6 +26,8 @@ from server.frames import (
 )
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
+
+BACKEND_WAIT_S = 60.0
 
 
 class Superseded(Exception):
@@ -57,7 +63,23 @@ class FrameEmitter:
         self, build: Callable[[str, int], AnyFrame], *, expect: JobStatus | None = None
     ) -> AnyFrame:
         """Publish one frame. With ``expect``, only if the stored status still is that
-        (else ``Superseded``: someone else moved the job first)."""
+        (else ``Superseded``: someone else moved the job first).
+
+        While the shared backend is unreachable the job waits here, retrying with backoff,
+        for up to ``BACKEND_WAIT_S``: a Redis restart pauses jobs instead of failing them."""
+        deadline = time.monotonic() + BACKEND_WAIT_S
+        for attempt in itertools.count():
+            try:
+                return await self._emit_once(build, expect)
+            except BackendUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(full_jitter(attempt, base=0.05, cap=2.0))
+        raise AssertionError("unreachable")
+
+    async def _emit_once(
+        self, build: Callable[[str, int], AnyFrame], expect: JobStatus | None
+    ) -> AnyFrame:
         job = self.record.job
         seq = await self._broker.next_seq(job.job_id)
         job.seq = seq

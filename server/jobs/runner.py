@@ -47,6 +47,7 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     delay_max_ms: int
     url_ttl_s: int
     progress_interval_s: float
+    replica_id: str = ""
     max_attempts: int = 3
     retry_base_s: float = 1.0
     retry_cap_s: float = 30.0
@@ -105,6 +106,7 @@ class JobRunner:
             state.transition(job, JobStatus.QUEUED)
         state.reset_progress(job)
         state.transition(job, JobStatus.PROCESSING)
+        job.worker = self._config.replica_id
         try:
             await emitter.status(expect=stored)
         except Superseded:

@@ -15,8 +15,9 @@ import uuid
 
 import msgspec
 
+from server.backoff import full_jitter
 from server.broker.base import Broker
-from server.errors import Conflict, JobStateConflict, NotFound
+from server.errors import BackendUnavailable, Conflict, JobStateConflict, NotFound
 from server.frames import CancelledFrame, JobSnapshot, JobStatus
 from server.jobs import state
 from server.jobs.emitter import FrameEmitter, Superseded
@@ -194,12 +195,23 @@ class JobService:
         return True
 
     async def _work(self) -> None:
+        failures = 0
         while True:
-            job_id = await self._store.take()
+            try:
+                job_id = await self._store.take()
+            except BackendUnavailable:
+                failures += 1
+                await asyncio.sleep(full_jitter(failures, base=0.1, cap=5.0))
+                continue
+            failures = 0
             try:
                 await self._run_one(job_id)
+            except BackendUnavailable as exc:
+                # The job's lease lapses and another worker (maybe this one) runs it again.
+                log.warning("job %s interrupted: %s", job_id, exc)
             finally:
-                await self._store.ack(job_id)
+                with contextlib.suppress(BackendUnavailable):
+                    await self._store.ack(job_id)
 
     async def _run_one(self, job_id: str) -> None:
         record = await self._store.get(job_id)

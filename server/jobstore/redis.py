@@ -25,6 +25,7 @@ from server import redis_keys as keys
 from server.frames import JobStatus
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
+from server.redis_errors import unavailable_on_disconnect
 
 log = logging.getLogger("delineate.jobstore")
 
@@ -58,6 +59,7 @@ class RedisJobStore(JobStore):
 
     # --- records -----------------------------------------------------------------------
 
+    @unavailable_on_disconnect
     async def create(self, record: JobRecord, idempotency_key: str | None) -> JobRecord:
         job_id = record.job.job_id
         if idempotency_key is not None:
@@ -72,10 +74,12 @@ class RedisJobStore(JobStore):
         await self._redis.set(keys.job_record(job_id), _encode(record), ex=self._retention_s)
         return record
 
+    @unavailable_on_disconnect
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.get(keys.job_record(job_id))
         return None if raw is None else _decode(raw)
 
+    @unavailable_on_disconnect
     async def save(self, record: JobRecord, *, expect: JobStatus | None = None) -> bool:
         key = keys.job_record(record.job.job_id)
         if expect is None:
@@ -96,9 +100,11 @@ class RedisJobStore(JobStore):
 
     # --- the queue ---------------------------------------------------------------------
 
+    @unavailable_on_disconnect
     async def enqueue(self, job_id: str) -> None:
         await self._redis.xadd(keys.JOB_QUEUE, {"job": job_id})
 
+    @unavailable_on_disconnect
     async def take(self) -> str:
         while True:
             entry = await self._reclaim() or await self._read_new()
@@ -139,6 +145,7 @@ class RedisJobStore(JobStore):
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal failed (will retry): %s", exc)
 
+    @unavailable_on_disconnect
     async def ack(self, job_id: str) -> None:
         lease = self._leases.pop(job_id, None)
         if lease is None:
@@ -150,6 +157,7 @@ class RedisJobStore(JobStore):
             pipe.xdel(keys.JOB_QUEUE, entry_id)
             await pipe.execute()
 
+    @unavailable_on_disconnect
     async def queued(self) -> int:
         return int(await self._redis.xlen(keys.JOB_QUEUE))
 

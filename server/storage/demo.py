@@ -32,8 +32,7 @@ def _block(file_id: int) -> bytes:
 
 
 def read_range(file_id: int, start: int, end: int) -> bytes:
-    """Bytes [start, end) of the file's content (clamped to its size)."""
-    end = min(end, size_of(file_id))
+    """Bytes [start, end) of the file's content (the content is endless; callers clamp)."""
     block = _block(file_id)
     out = bytearray()
     pos = start
@@ -45,11 +44,17 @@ def read_range(file_id: int, start: int, end: int) -> bytes:
     return bytes(out)
 
 
-def chunks(file_id: int, chunk_size: int) -> Iterator[bytes]:
-    size = size_of(file_id)
+def chunks(file_id: int, chunk_size: int, size: int | None = None) -> Iterator[bytes]:
+    """The file's content in chunks; ``size`` overrides its standard size (seeding)."""
+    size = size_of(file_id) if size is None else size
     for start in range(0, size, chunk_size):
-        yield read_range(file_id, start, start + chunk_size)
+        yield read_range(file_id, start, min(start + chunk_size, size))
 
 
-def content(file_id: int) -> bytes:
-    return read_range(file_id, 0, size_of(file_id))
+def content(file_id: int, size: int | None = None) -> bytes:
+    return read_range(file_id, 0, size_of(file_id) if size is None else size)
+
+
+def spread_size(index: int, max_bytes: int) -> int:
+    """Seeded demo sizes: 4 KiB doubling with the index, up to ``max_bytes``, then again."""
+    return min(max_bytes, 4096 << (index % 14))

@@ -10,6 +10,7 @@ import uuid
 import httpx
 import pytest
 
+from server.storage import demo
 from tests.conftest import ReplicaFactory
 
 pytestmark = pytest.mark.integration
@@ -91,11 +92,12 @@ async def test_preflight_is_204_and_not_rate_limited(http: httpx.AsyncClient) ->
     assert "ratelimit-limit" not in response.headers
 
 
-async def test_health_reports_storage(http: httpx.AsyncClient) -> None:
-    """Embedded mode has one dependency to check: storage."""
+async def test_health_reports_each_dependency(http: httpx.AsyncClient, backend_kind: str) -> None:
+    """Embedded mode checks storage only; with Redis, redis gets its own key."""
     response = await http.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "healthy", "checks": {"storage": "ok"}}
+    checks = {"storage": "ok"} | ({"redis": "ok"} if backend_kind == "redis" else {})
+    assert response.json() == {"status": "healthy", "checks": checks}
 
 
 async def test_check_follows_the_mock_rule(http: httpx.AsyncClient) -> None:
@@ -181,10 +183,11 @@ async def test_legacy_start_blocks_then_answers(replica_factory: ReplicaFactory)
     async with httpx.AsyncClient(base_url=replica.url) as client:
         ok = await client.post("/v1/download/start", json={"file_id": 70000})
         missing = await client.post("/v1/download/start", json={"file_id": 99999})
-    body = ok.json()
+        body = ok.json()
+        fetched = await client.get(body["downloadUrl"])
     assert body["status"] == "completed"
-    assert body["downloadUrl"].startswith(replica.url)
-    assert body["size"] > 0
+    assert fetched.content == demo.content(70000)
+    assert body["size"] == len(fetched.content)
     assert body["processingTimeMs"] >= 10
     assert ok.headers["deprecation"] == "true"
     assert missing.json()["status"] == "failed"
