@@ -66,16 +66,27 @@ def build_storage(settings: Settings) -> Storage:
 
 def redis_client(settings: Settings) -> aioredis.Redis:
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError, TimeoutError
 
     assert settings.redis_url
     # Short socket timeouts: a dead Redis must fail fast (health, frames), never hang.
-    return aioredis.Redis.from_url(
+    # A few quick retries turn a pooled connection that died in a Redis restart into a
+    # reconnect instead of an error.
+    # A blocking pool: a burst of subscribers waits briefly for a connection instead of
+    # failing with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=64 + settings.job_concurrency,
+        timeout=5,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=10,
-        max_connections=64 + settings.job_concurrency,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        retry_on_error=[ConnectionError, TimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def build_broker(settings: Settings, client: aioredis.Redis | None) -> Broker:

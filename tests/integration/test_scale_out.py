@@ -1,0 +1,246 @@
+"""Several replicas acting as one service through real Redis and a real S3 server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from server.storage import demo
+from tests.support.clients import (
+    AVAILABLE,
+    assert_strictly_increasing,
+    initiate,
+    seqs,
+    sse_events,
+    wait_status,
+    ws_collect,
+)
+from tests.support.processes import Replica
+from tests.support.services import Backend, SeaweedS3
+
+pytestmark = pytest.mark.integration
+
+Cluster = Callable[..., list[Replica]]
+
+
+@pytest.fixture
+def redis_backend(tmp_path: Path, s3_server: SeaweedS3) -> Iterator[Backend]:
+    backend = Backend("redis", tmp_path, s3_server)
+    backend.start()
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture
+def cluster(redis_backend: Backend) -> Iterator[Cluster]:
+    """Start ``n`` replicas sharing one redis-server and one bucket."""
+    started: list[Replica] = []
+
+    def start(n: int, **env: str) -> list[Replica]:
+        replicas = []
+        for i in range(n):
+            name = f"replica-{len(started)}"
+            settings = {**redis_backend.env(), "REPLICA_ID": name, **env}
+            replica = Replica(name, settings, redis_backend.tmp)
+            started.append(replica)
+            replicas.append(replica)
+        for replica in replicas:
+            replica.start()
+        return replicas
+
+    yield start
+    for replica in started:
+        replica.stop()
+
+
+def frame_keys(frames: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    return [(f["seq"], f["type"]) for f in frames]
+
+
+async def test_job_on_a_is_seen_identically_on_b_and_c(cluster: Cluster) -> None:
+    """Initiated on A, followed over WS on B and SSE on C: the same frames in the same order."""
+    a, b, c = cluster(3)
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http_a:
+        job = await initiate(http_a, AVAILABLE)
+    job_id = job["jobId"]
+    async with httpx.AsyncClient(base_url=c.url, timeout=30) as http_c:
+        over_ws, (over_sse, _) = await asyncio.gather(
+            ws_collect(f"{b.ws_url}/v1/download/subscribe/{job_id}?since=0"),
+            sse_events(http_c, f"/v1/download/stream/{job_id}", headers={"Last-Event-ID": "0"}),
+        )
+    sse_frames = [e["data"] for e in over_sse]
+    assert over_ws.frames == sse_frames
+    assert over_ws.frames[0]["seq"] == 1
+    assert over_ws.frames[-1]["type"] == "completed"
+    assert_strictly_increasing(seqs(over_ws.frames))
+
+
+async def test_killed_replica_job_finishes_elsewhere_and_watchers_resume(
+    cluster: Cluster, redis_backend: Backend
+) -> None:
+    """kill -9 the replica running a job: another takes it over after the lease; a watcher
+    that reconnects elsewhere with its last seq sees every remaining frame exactly once."""
+    replicas = cluster(
+        3, JOB_LEASE_MS="1500", DOWNLOAD_DELAY_MIN_MS="4000", DOWNLOAD_DELAY_MAX_MS="4000"
+    )
+    by_id = {r.name: r for r in replicas}
+    async with httpx.AsyncClient(base_url=replicas[0].url, timeout=10) as http:
+        job = await initiate(http, AVAILABLE)
+        running = await wait_status(http, job["jobId"], {"processing"})
+    victim = by_id[running["worker"]]
+    seen: list[dict[str, Any]] = []
+    async with connect(f"{victim.ws_url}/v1/download/subscribe/{job['jobId']}") as ws:
+        while len(seen) < 5:
+            seen.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        victim.kill()
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(10):
+                while True:
+                    seen.append(json.loads(await ws.recv()))
+    survivor = next(r for r in replicas if r is not victim)
+    last = seen[-1]["seq"]
+    rest = await ws_collect(
+        f"{survivor.ws_url}/v1/download/subscribe/{job['jobId']}?since={last}", timeout=40
+    )
+    combined = seen[1:] + rest.frames
+    assert_strictly_increasing(seqs(combined))
+    assert [f["type"] for f in combined].count("completed") == 1
+    assert rest.frames[-1]["type"] == "completed"
+
+    async with httpx.AsyncClient(base_url=survivor.url, timeout=10) as http:
+        done = (await http.get(f"/v1/download/status/{job['jobId']}")).json()
+    assert done["status"] == "completed"
+    assert done["attempt"] >= 2
+    assert done["worker"] != victim.name
+    archive = zipfile.ZipFile(io.BytesIO(redis_backend.read_object(f"exports/{job['jobId']}.zip")))
+    assert archive.testzip() is None
+    assert {n: archive.read(n) for n in archive.namelist()} == {
+        f"{i}.zip": demo.content(i) for i in AVAILABLE
+    }
+
+
+async def test_redis_restart_while_jobs_run(cluster: Cluster, redis_backend: Backend) -> None:
+    """Restart redis-server mid-job: no replica dies, listeners resubscribe, and every watcher
+    ends with the true terminal state."""
+    a, b = cluster(2, DOWNLOAD_DELAY_MIN_MS="3000", DOWNLOAD_DELAY_MAX_MS="3000")
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+        jobs = [await initiate(http, [file_id]) for file_id in AVAILABLE]
+        await wait_status(http, jobs[0]["jobId"], {"processing"})
+    watchers = [
+        asyncio.ensure_future(
+            ws_collect(f"{r.ws_url}/v1/download/subscribe/{j['jobId']}", timeout=60)
+        )
+        for j in jobs
+        for r in (a, b)
+    ]
+    await asyncio.sleep(0.8)
+    assert redis_backend.redis is not None
+    redis_backend.redis.stop()
+    await asyncio.sleep(1.0)
+    redis_backend.redis.start()
+    results = await asyncio.gather(*watchers)
+    for result in results:
+        assert result.frames[-1]["type"] == "completed", frame_keys(result.frames)[-3:]
+        assert result.close_code == 1000
+    assert a.alive
+    assert b.alive
+    async with httpx.AsyncClient(base_url=b.url, timeout=10) as http:
+        for job in jobs:
+            status = (await http.get(f"/v1/download/status/{job['jobId']}")).json()
+            assert status["status"] == "completed"
+        health = await http.get("/health")
+    assert health.json()["checks"]["redis"] == "ok"
+
+
+async def test_s3_outage_is_reported_retried_then_recovered(
+    tmp_path: Path, redis_backend: Backend, cluster: Cluster
+) -> None:
+    """S3 down: /health says so promptly; jobs retry then fail clearly; S3 back: jobs work."""
+    own_s3 = SeaweedS3(tmp_path / "own-s3")
+    own_s3.start()
+    try:
+        redis_backend.s3 = own_s3
+        redis_backend.seed([70000])
+        (replica,) = cluster(
+            1, JOB_MAX_ATTEMPTS="2", JOB_RETRY_BASE_MS="100", STORAGE_TIMEOUT_S="1",
+            DOWNLOAD_DELAY_MIN_MS="0", DOWNLOAD_DELAY_MAX_MS="0",
+        )  # fmt: skip
+        async with httpx.AsyncClient(base_url=replica.url, timeout=15) as http:
+            assert (await http.get("/health")).status_code == 200
+            own_s3.stop()
+            health = await http.get("/health")
+            assert health.status_code == 503
+            assert health.json()["checks"] == {"storage": "error", "redis": "ok"}
+            failing = await initiate(http, [70000])
+            failed = await wait_status(http, failing["jobId"], {"failed", "completed"}, 30)
+            assert failed["status"] == "failed"
+            assert failed["error"]["code"] == "storage_unavailable"
+            assert failed["attempt"] == 2
+            own_s3.start()
+            await wait_health(http)
+            working = await initiate(http, [70000])
+            done = await wait_status(http, working["jobId"], {"failed", "completed"}, 30)
+        assert done["status"] == "completed"
+    finally:
+        own_s3.stop()
+
+
+async def wait_health(http: httpx.AsyncClient) -> None:
+    async with asyncio.timeout(20):
+        while (await http.get("/health")).status_code != 200:
+            await asyncio.sleep(0.2)
+
+
+async def test_bundle_larger_than_several_parts(cluster: Cluster, redis_backend: Backend) -> None:
+    """A ~21 MiB bundle goes up in 5 MiB parts and every entry matches its source's checksum."""
+    ids = [70035, 70042, 70049]
+    redis_backend.seed(ids, size=7 * 1024 * 1024)
+    (replica,) = cluster(1, S3_PART_SIZE_MB="5", DOWNLOAD_DELAY_ENABLED="false")
+    async with httpx.AsyncClient(base_url=replica.url, timeout=30) as http:
+        job = await initiate(http, ids)
+        done = await wait_status(http, job["jobId"], {"completed", "failed"}, 60)
+        assert done["status"] == "completed"
+        result = (await http.get(f"/v1/download/result/{job['jobId']}")).json()
+        bundle = (await http.get(result["downloadUrl"])).content
+    assert len(bundle) == result["size"] > 3 * 5 * 1024 * 1024
+    archive = zipfile.ZipFile(io.BytesIO(bundle))
+    for file_id in ids:
+        source = redis_backend.read_object(f"downloads/{file_id}.zip")
+        entry = archive.read(f"{file_id}.zip")
+        assert hashlib.sha256(entry).hexdigest() == hashlib.sha256(source).hexdigest()
+
+
+async def test_two_hundred_subscribers_over_three_replicas(cluster: Cluster) -> None:
+    """200 sockets on 20 jobs across 3 replicas: each gets every frame of its job, in order."""
+    replicas = cluster(3, DOWNLOAD_DELAY_MIN_MS="1500", DOWNLOAD_DELAY_MAX_MS="2500")
+    async with httpx.AsyncClient(base_url=replicas[0].url, timeout=10) as http:
+        jobs = [await initiate(http, [AVAILABLE[i % 3]]) for i in range(20)]
+    watchers = [
+        ws_collect(
+            f"{replicas[i % 3].ws_url}/v1/download/subscribe/{jobs[i % 20]['jobId']}?since=0",
+            timeout=60,
+        )
+        for i in range(200)
+    ]
+    results = await asyncio.gather(*watchers)
+    by_job: dict[str, list[list[tuple[int, str]]]] = {}
+    for result in results:
+        assert result.frames[-1]["type"] == "completed", result.frames[-1]
+        assert result.frames[0]["seq"] == 1
+        assert_strictly_increasing(seqs(result.frames))
+        by_job.setdefault(result.frames[0]["jobId"], []).append(frame_keys(result.frames))
+    assert len(by_job) == 20
+    for views in by_job.values():
+        assert len(views) == 10
+        assert all(view == views[0] for view in views)
