@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from server.storage import demo
@@ -49,7 +49,7 @@ def cluster(redis_backend: Backend) -> Iterator[Cluster]:
 
     def start(n: int, **env: str) -> list[Replica]:
         replicas = []
-        for i in range(n):
+        for _ in range(n):
             name = f"replica-{len(started)}"
             settings = {**redis_backend.env(), "REPLICA_ID": name, **env}
             replica = Replica(name, settings, redis_backend.tmp)
@@ -105,9 +105,7 @@ async def test_killed_replica_job_finishes_elsewhere_and_watchers_resume(
             seen.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
         victim.kill()
         with pytest.raises(ConnectionClosed):
-            async with asyncio.timeout(10):
-                while True:
-                    seen.append(json.loads(await ws.recv()))
+            await drain_until_closed(ws, seen)
     survivor = next(r for r in replicas if r is not victim)
     last = seen[-1]["seq"]
     rest = await ws_collect(
@@ -198,8 +196,14 @@ async def test_s3_outage_is_reported_retried_then_recovered(
 
 async def wait_health(http: httpx.AsyncClient) -> None:
     async with asyncio.timeout(20):
-        while (await http.get("/health")).status_code != 200:
+        while (await http.get("/health")).status_code != 200:  # noqa: ASYNC110 (polling a server)
             await asyncio.sleep(0.2)
+
+
+async def drain_until_closed(ws: ClientConnection, seen: list[dict[str, Any]]) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            seen.append(json.loads(await ws.recv()))
 
 
 async def test_bundle_larger_than_several_parts(cluster: Cluster, redis_backend: Backend) -> None:
