@@ -26,6 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 from server import redis_keys as keys
 from server.backoff import full_jitter
 from server.broker.base import Broker, Deliver, History, OnSignal, Resync
+from server.errors import BackendUnavailable
 from server.redis_errors import unavailable_on_disconnect
 
 log = logging.getLogger("delineate.broker")
@@ -126,7 +127,7 @@ class RedisBroker(Broker):
             if self._resync is not None:
                 try:
                     await self._resync()
-                except (RedisError, OSError):
+                except (RedisError, OSError, BackendUnavailable):
                     log.warning("resync after reconnect failed; retrying", exc_info=True)
                     await self._close_pubsub()
                     continue

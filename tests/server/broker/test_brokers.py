@@ -1,0 +1,163 @@
+"""The Broker contract, run against the in-process broker and against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from server.broker.base import Broker
+from server.broker.memory import MemoryBroker
+from server.broker.redis import RedisBroker
+from tests.support.services import RedisServer
+
+JOB = "2d1b7a1c-4b8e-4c55-9a57-8f0f7e5c0c3a"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, bytes]] = []
+        self.signals: list[bytes] = []
+        self.resyncs = 0
+        self.changed = asyncio.Event()
+
+    def deliver(self, job_id: str, payload: bytes) -> None:
+        self.frames.append((job_id, payload))
+        self.changed.set()
+
+    def on_signal(self, payload: bytes) -> None:
+        self.signals.append(payload)
+        self.changed.set()
+
+    async def resync(self) -> None:
+        self.resyncs += 1
+        self.changed.set()
+
+    async def wait(self, predicate: object, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():  # type: ignore[operator]
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def started(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Broker, Recorder]]:
+    recorder = Recorder()
+    client = None
+    if request.param == "memory":
+        broker: Broker = MemoryBroker(history_max_frames=16, retention_s=60)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = aioredis.Redis.from_url(server.url)
+        broker = RedisBroker(client, history_max_frames=16, retention_s=60)
+    await broker.start(recorder.deliver, recorder.on_signal, recorder.resync)
+    yield broker, recorder
+    await broker.stop()
+    if client is not None:
+        await client.aclose()
+
+
+async def publish(broker: Broker, n: int, *, terminal_last: bool = False) -> list[int]:
+    seqs = []
+    for i in range(n):
+        seq = await broker.next_seq(JOB)
+        await broker.publish(
+            JOB, seq, f"frame-{seq}".encode(), terminal=terminal_last and i == n - 1
+        )
+        seqs.append(seq)
+    return seqs
+
+
+async def test_seq_is_strictly_increasing(started: tuple[Broker, Recorder]) -> None:
+    """next_seq counts 1, 2, 3 per job."""
+    broker, _ = started
+    assert [await broker.next_seq(JOB) for _ in range(3)] == [1, 2, 3]
+
+
+async def test_frames_reach_subscribers_only(started: tuple[Broker, Recorder]) -> None:
+    """Frames are delivered while subscribed, not before or after."""
+    broker, recorder = started
+    await publish(broker, 1)
+    await broker.subscribe(JOB)
+    await publish(broker, 2)
+    await recorder.wait(lambda: len(recorder.frames) == 2)
+    await broker.unsubscribe(JOB)
+    await publish(broker, 1)
+    await asyncio.sleep(0.2)
+    assert [p for _, p in recorder.frames] == [b"frame-2", b"frame-3"]
+    assert {j for j, _ in recorder.frames} == {JOB}
+
+
+async def test_history_after_a_seq(started: tuple[Broker, Recorder]) -> None:
+    """History returns the frames after `since`, in order, and the oldest retained seq."""
+    broker, _ = started
+    await publish(broker, 5)
+    history = await broker.history(JOB, 2)
+    assert history.frames == [(3, b"frame-3"), (4, b"frame-4"), (5, b"frame-5")]
+    assert history.first_retained == 1
+
+
+async def test_history_is_bounded(started: tuple[Broker, Recorder]) -> None:
+    """Past the bound the oldest frames go, and first_retained says so."""
+    broker, _ = started
+    await publish(broker, 20)
+    history = await broker.history(JOB, 0)
+    assert len(history.frames) == 16
+    assert history.first_retained == 5
+
+
+async def test_history_of_an_unknown_job_is_empty(started: tuple[Broker, Recorder]) -> None:
+    """Nothing kept: no frames, no first seq."""
+    broker, _ = started
+    history = await broker.history("00000000-0000-4000-8000-000000000000", 0)
+    assert history.frames == []
+    assert history.first_retained is None
+
+
+async def test_signals_reach_every_replica(started: tuple[Broker, Recorder]) -> None:
+    """A signal comes back through on_signal (this replica included)."""
+    broker, recorder = started
+    await broker.signal(b'{"cancel":1}')
+    await recorder.wait(lambda: recorder.signals == [b'{"cancel":1}'])
+
+
+async def test_redis_listener_survives_a_restart(redis_server: RedisServer) -> None:
+    """After redis-server restarts the listener reconnects, resubscribes and asks to resync."""
+    recorder = Recorder()
+    client = aioredis.Redis.from_url(redis_server.url, socket_timeout=2)
+    broker = RedisBroker(client, history_max_frames=16, retention_s=60)
+    await broker.start(recorder.deliver, recorder.on_signal, recorder.resync)
+    try:
+        await broker.subscribe(JOB)
+        redis_server.stop()
+        await asyncio.sleep(0.3)
+        assert not await _healthy(broker)
+        redis_server.start()
+        await recorder.wait(lambda: recorder.resyncs == 1, timeout=20)
+        assert broker.reconnects == 1
+        assert await broker.check()
+        await publish(broker, 1)
+        await recorder.wait(lambda: len(recorder.frames) == 1)
+    finally:
+        await broker.stop()
+        await client.aclose()
+
+
+async def _healthy(broker: Broker) -> bool:
+    try:
+        return await broker.check()
+    except Exception:
+        return False
