@@ -248,3 +248,25 @@ async def test_two_hundred_subscribers_over_three_replicas(cluster: Cluster) -> 
     for views in by_job.values():
         assert len(views) == 10
         assert all(view == views[0] for view in views)
+
+
+async def test_cancel_and_idempotency_work_from_any_replica(cluster: Cluster) -> None:
+    """A retry with the same key on another replica gets the same job; cancel on B stops a job
+    running on A."""
+    a, b = cluster(2, DOWNLOAD_DELAY_MIN_MS="20000", DOWNLOAD_DELAY_MAX_MS="20000")
+    headers = {"Idempotency-Key": "scale-out-key"}
+    async with (
+        httpx.AsyncClient(base_url=a.url, timeout=10) as http_a,
+        httpx.AsyncClient(base_url=b.url, timeout=10) as http_b,
+    ):
+        first = await initiate(http_a, AVAILABLE, **headers)
+        retry = await initiate(http_b, AVAILABLE, **headers)
+        assert retry["jobId"] == first["jobId"]
+        running = await wait_status(http_a, first["jobId"], {"processing"})
+        other = http_b if running["worker"] == a.name else http_a
+        cancelled = await other.post(f"/v1/download/cancel/{first['jobId']}")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+        frames = await ws_collect(f"{a.ws_url}/v1/download/subscribe/{first['jobId']}?since=0")
+    assert frames.frames[-1]["type"] == "cancelled"
+    assert [f["type"] for f in frames.frames].count("cancelled") == 1

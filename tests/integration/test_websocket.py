@@ -11,6 +11,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.conftest import ReplicaFactory
 from tests.support.clients import (
     AVAILABLE,
     assert_strictly_increasing,
@@ -167,3 +168,25 @@ async def test_multiplexed_unsubscribe_and_resume(http: httpx.AsyncClient, serve
     assert frames[0]["seq"] == last + 1
     assert_strictly_increasing(seqs(frames))
     assert frames[-1]["type"] == "completed"
+
+
+async def test_resume_past_the_kept_history_says_not_recovered(
+    replica_factory: ReplicaFactory,
+) -> None:
+    """When frames after `since` were trimmed, the client gets a snapshot marked recovered=false."""
+    replica = replica_factory(
+        HISTORY_MAX_FRAMES="16", PROGRESS_INTERVAL_MS="0",
+        DOWNLOAD_DELAY_MIN_MS="300", DOWNLOAD_DELAY_MAX_MS="300",
+    )  # fmt: skip
+    async with httpx.AsyncClient(base_url=replica.url, timeout=10) as client:
+        job = await initiate(client, AVAILABLE)
+        done = await wait_status(client, job["jobId"], {"completed"})
+    assert done["seq"] > 20
+    result = await ws_collect(f"{replica.ws_url}/v1/download/subscribe/{job['jobId']}?since=1")
+    assert result.frames[0]["type"] == "snapshot"
+    assert result.frames[0]["recovered"] is False
+    assert result.frames[0]["seq"] == done["seq"]
+    recent = await ws_collect(
+        f"{replica.ws_url}/v1/download/subscribe/{job['jobId']}?since={done['seq'] - 3}"
+    )
+    assert seqs(recent.frames) == [done["seq"] - 2, done["seq"] - 1, done["seq"]]
