@@ -39,7 +39,10 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     app.state.openapi = openapi_document()
     edge: ASGIApp = Timeout(app, timeout_ms=settings.request_timeout_ms)
     edge = RateLimit(
-        edge, limit=settings.rate_limit_max_requests, window_ms=settings.rate_limit_window_ms
+        edge,
+        limit=settings.rate_limit_max_requests,
+        window_ms=settings.rate_limit_window_ms,
+        trusted_proxies=settings.trusted_proxy_list,
     )
     cors = None if settings.cors_origins == "*" else settings.cors_origin_list
     return EdgeHeaders(edge, cors_origins=cors)

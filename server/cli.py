@@ -78,6 +78,15 @@ def seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def stack(args: argparse.Namespace) -> int:
+    from server.stack import StackOptions, run
+
+    options = StackOptions(
+        replicas=args.replicas, port=args.port, seed=args.seed, data_dir=args.dir or ""
+    )
+    return run(options)
+
+
 def _settings_or_exit() -> Settings:
     try:
         return Settings.from_env()
@@ -102,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-mb", type=int, default=32, help="largest seeded file in MiB (default 32)")
     p.add_argument("--size", type=int, default=None, help="give every file this many bytes")
     p.set_defaults(run=seed)
+    p = commands.add_parser(
+        "stack", help="run redis, SeaweedFS (S3), N replicas and nginx on loopback until Ctrl-C"
+    )
+    p.add_argument("--replicas", type=int, default=3)
+    p.add_argument("--port", type=int, default=8080, help="nginx's port (default 8080)")
+    p.add_argument("--seed", type=int, default=50, help="demo files to upload (default 50)")
+    p.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
+    p.set_defaults(run=stack)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -50,17 +50,19 @@ def request_id_from(headers: Headers) -> str:
     return incoming if _PRINTABLE_ID.match(incoming) else str(uuid.uuid4())
 
 
-def client_ip(scope: Scope) -> str:
-    """First X-Forwarded-For entry, else X-Real-IP, else the peer address (the contract's rule)."""
+def client_ip(scope: Scope, trusted: list[str] | None = None) -> str:
+    """First X-Forwarded-For entry, else X-Real-IP, else the peer address (the contract's rule);
+    the forwarding headers count only when the peer is a trusted proxy (None: any peer)."""
+    client = scope.get("client")
+    peer = client[0] if client else "unknown"
+    if trusted is not None and peer not in trusted:
+        return peer
     headers = Headers(scope=scope)
     forwarded = headers.get("x-forwarded-for", "").split(",")[0].strip()
     if forwarded:
         return forwarded
     real = headers.get("x-real-ip", "").strip()
-    if real:
-        return real
-    client = scope.get("client")
-    return client[0] if client else "unknown"
+    return real or peer
 
 
 async def send_error(
@@ -147,9 +149,16 @@ class RateLimit:
     """The original's fixed-window limit per client; RateLimit-* headers on every response."""
 
     def __init__(
-        self, app: ASGIApp, *, limit: int, window_ms: int, clock: Callable[[], float] = time.time
+        self,
+        app: ASGIApp,
+        *,
+        limit: int,
+        window_ms: int,
+        trusted_proxies: list[str] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
+        self.trusted_proxies = trusted_proxies
         self.limiter = FixedWindowLimiter(limit, window_ms / 1000)
         self.policy = f"{limit};w={window_ms // 1000}".encode()
         self._clock = clock
@@ -158,7 +167,7 @@ class RateLimit:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        decision = self.limiter.hit(client_ip(scope), self._clock())
+        decision = self.limiter.hit(client_ip(scope, self.trusted_proxies), self._clock())
         headers = [
             (b"ratelimit-policy", self.policy),
             (b"ratelimit-limit", str(decision.limit).encode()),

@@ -39,6 +39,9 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     rate_limit_window_ms: Annotated[int, msgspec.Meta(ge=1000)] = 60_000
     rate_limit_max_requests: Annotated[int, msgspec.Meta(ge=1)] = 100
     cors_origins: str = "*"
+    trusted_proxies: str = "*"
+    """Peers whose X-Forwarded-For / X-Real-IP the rate limiter believes: `*` (the original's
+    behaviour) or comma-separated addresses, e.g. the nginx in front."""
     download_delay_enabled: bool = True
     download_delay_min_ms: Milliseconds = 10_000
     download_delay_max_ms: Milliseconds = 200_000
@@ -96,6 +99,13 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def trusted_proxy_list(self) -> list[str] | None:
+        """None means every peer is trusted."""
+        if self.trusted_proxies.strip() == "*":
+            return None
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
 
     @property
     def uses_s3(self) -> bool:
