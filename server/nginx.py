@@ -11,6 +11,8 @@ TEMPLATE = Path(__file__).resolve().parents[1] / "nginx" / "nginx.conf.template"
 # For tests of clients behind poor proxies: a proxy that does not pass WebSocket upgrades,
 # and one that blocks event streams. Regex locations listed first win.
 NO_WEBSOCKET = """        location ~ ^/v1/(ws$|download/subscribe/) {
+            proxy_set_header Host $http_host;
+            proxy_set_header Upgrade "";
             proxy_set_header Connection "";
             proxy_pass http://delineate;
         }

@@ -13,7 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import Replica
+from server.nginx import NginxConfig
+from server.stack import Nginx
+from tests.support.processes import Replica, free_port, require_binary, started
 from tests.support.services import Backend, SeaweedS3
 
 BACKENDS = ["memory", "redis"]
@@ -96,3 +98,63 @@ def server(shared_backend: Backend) -> Iterator[Replica]:
 async def http(server: Replica) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         yield client
+
+
+EdgeFactory = Callable[..., Nginx]
+
+
+@pytest.fixture
+def edge_factory(tmp_path: Path) -> Iterator[EdgeFactory]:
+    """Start a real nginx in front of the given replicas (rendered from nginx/)."""
+    started_nginx: list[Nginx] = []
+
+    def start(replicas: list[Replica], **options: object) -> Nginx:
+        prefix = tmp_path / f"nginx-{len(started_nginx)}"
+        config = NginxConfig(
+            upstreams=[f"127.0.0.1:{r.port}" for r in replicas],
+            listen=f"127.0.0.1:{free_port()}",
+            prefix=str(prefix),
+            **options,  # type: ignore[arg-type]
+        )
+        require_binary("nginx")
+        proxy = Nginx(config, tmp_path, name=f"nginx-{len(started_nginx)}")
+        started_nginx.append(proxy)
+        started(proxy)
+        return proxy
+
+    yield start
+    for proxy in started_nginx:
+        proxy.stop()
+
+
+Cluster = Callable[..., list[Replica]]
+
+
+@pytest.fixture
+def redis_backend(tmp_path: Path, s3_server: SeaweedS3) -> Iterator[Backend]:
+    backend = Backend("redis", tmp_path, s3_server)
+    backend.start()
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture
+def cluster(redis_backend: Backend) -> Iterator[Cluster]:
+    """Start ``n`` replicas sharing one redis-server and one bucket."""
+    started: list[Replica] = []
+
+    def start(n: int, **env: str) -> list[Replica]:
+        replicas = []
+        for _ in range(n):
+            name = f"replica-{len(started)}"
+            settings = {**redis_backend.env(), "REPLICA_ID": name, **env}
+            replica = Replica(name, settings, redis_backend.tmp)
+            started.append(replica)
+            replicas.append(replica)
+        for replica in replicas:
+            replica.start()
+        return replicas
+
+    yield start
+    for replica in started:
+        replica.stop()

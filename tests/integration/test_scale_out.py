@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from server.storage import demo
+from tests.conftest import Cluster
 from tests.support.clients import (
     AVAILABLE,
     assert_strictly_increasing,
@@ -26,42 +26,9 @@ from tests.support.clients import (
     wait_status,
     ws_collect,
 )
-from tests.support.processes import Replica
 from tests.support.services import Backend, SeaweedS3
 
 pytestmark = pytest.mark.integration
-
-Cluster = Callable[..., list[Replica]]
-
-
-@pytest.fixture
-def redis_backend(tmp_path: Path, s3_server: SeaweedS3) -> Iterator[Backend]:
-    backend = Backend("redis", tmp_path, s3_server)
-    backend.start()
-    yield backend
-    backend.stop()
-
-
-@pytest.fixture
-def cluster(redis_backend: Backend) -> Iterator[Cluster]:
-    """Start ``n`` replicas sharing one redis-server and one bucket."""
-    started: list[Replica] = []
-
-    def start(n: int, **env: str) -> list[Replica]:
-        replicas = []
-        for _ in range(n):
-            name = f"replica-{len(started)}"
-            settings = {**redis_backend.env(), "REPLICA_ID": name, **env}
-            replica = Replica(name, settings, redis_backend.tmp)
-            started.append(replica)
-            replicas.append(replica)
-        for replica in replicas:
-            replica.start()
-        return replicas
-
-    yield start
-    for replica in started:
-        replica.stop()
 
 
 def frame_keys(frames: list[dict[str, Any]]) -> list[tuple[int, str]]:
