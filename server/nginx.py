@@ -69,3 +69,25 @@ def write(config: NginxConfig) -> Path:
     path = prefix / "nginx.conf"
     path.write_text(render(config))
     return path
+
+
+COMPOSE_SERVICES = ["api1", "api2", "api3"]
+
+
+def compose_config() -> NginxConfig:
+    """The compose stack's nginx: the three api services, port 80, temp files in /tmp."""
+    return NginxConfig(
+        upstreams=[f"{name}:3000" for name in COMPOSE_SERVICES],
+        listen="80",
+        prefix="/tmp",
+        worker_processes="auto",
+        access_log="/dev/stdout",
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--compose"]:
+        raise SystemExit("usage: python -m server.nginx --compose > compose/nginx.conf")
+    sys.stdout.write(render(compose_config()))
