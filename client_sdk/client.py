@@ -12,8 +12,9 @@ Frames are the server's own msgspec types (``server.frames``), so nothing is par
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urljoin
@@ -81,8 +82,11 @@ class AsyncClient:
     async def wait(self, job_id: str, timeout: float | None = None) -> JobSnapshot:  # noqa: ASYNC109
         """Follow the job until it ends; return its final document (``Timeout`` if too long)."""
         try:
-            async with asyncio.timeout(timeout):
-                async for _ in self.subscribe(job_id):
+            async with (
+                asyncio.timeout(timeout),
+                contextlib.aclosing(self.subscribe(job_id)) as frames,
+            ):
+                async for _ in frames:
                     pass
         except TimeoutError as exc:
             raise Timeout(f"job {job_id} did not finish within {timeout} s") from exc
@@ -90,13 +94,13 @@ class AsyncClient:
 
     def subscribe(
         self, job_id: str, since: int | None = None, *, raise_on_failure: bool = False
-    ) -> AsyncIterator[AnyFrame]:
+    ) -> AsyncGenerator[AnyFrame, None]:
         """The job's frames until its terminal frame, across reconnects, exactly once each."""
         return Subscription(self, job_id, since, raise_on_failure).frames()
 
     def subscribe_many(
         self, job_ids: Sequence[str], *, raise_on_failure: bool = False
-    ) -> AsyncIterator[AnyFrame]:
+    ) -> AsyncGenerator[AnyFrame, None]:
         """Frames of several jobs over ONE multiplexed socket, until every job has ended."""
         return follow_many(self, list(job_ids), raise_on_failure)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -76,21 +76,22 @@ class Subscription:
         self.raise_on_failure = raise_on_failure
         self.transport = ""
 
-    async def frames(self) -> AsyncIterator[AnyFrame]:
+    async def frames(self) -> AsyncGenerator[AnyFrame, None]:
         transports = list(self.transports)
         failures = 0
         while transports:
             self.transport = transports[0]
             try:
-                async for frame in self._open(self.transport):
-                    failures = 0
-                    if frame.seq <= self.last:
-                        continue
-                    self.last = frame.seq
-                    yield frame
-                    if is_terminal(frame):
-                        check_failure(frame, self.raise_on_failure)
-                        return
+                async with contextlib.aclosing(self._open(self.transport)) as stream:
+                    async for frame in stream:
+                        failures = 0
+                        if frame.seq <= self.last:
+                            continue
+                        self.last = frame.seq
+                        yield frame
+                        if is_terminal(frame):
+                            check_failure(frame, self.raise_on_failure)
+                            return
                 raise ConnectionLost("the stream ended before the job did")
             except TransportUnavailable:
                 transports.pop(0)
@@ -102,7 +103,7 @@ class Subscription:
                 await asyncio.sleep(self.client.backoff.delay(failures - 1))
         raise ConnectionFailed(f"no transport could follow job {self.job_id}")
 
-    def _open(self, transport: str) -> AsyncIterator[AnyFrame]:
+    def _open(self, transport: str) -> AsyncGenerator[AnyFrame, None]:
         if transport == "websocket":
             return self._websocket()
         if transport == "sse":
@@ -112,7 +113,7 @@ class Subscription:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.client.token}"} if self.client.token else {}
 
-    async def _websocket(self) -> AsyncIterator[AnyFrame]:
+    async def _websocket(self) -> AsyncGenerator[AnyFrame, None]:
         query = f"?since={self.last}" if self.last >= 0 else ""
         url = self.client.ws_url(f"/v1/download/subscribe/{self.job_id}{query}")
         try:
@@ -130,7 +131,7 @@ class Subscription:
         except (ConnectionClosed, OSError, TimeoutError) as exc:
             raise ConnectionLost(str(exc)) from exc
 
-    async def _sse(self) -> AsyncIterator[AnyFrame]:
+    async def _sse(self) -> AsyncGenerator[AnyFrame, None]:
         headers = self._headers()
         if self.last >= 0:
             headers["Last-Event-ID"] = str(self.last)
@@ -155,7 +156,7 @@ class Subscription:
             raise JobNotFound(404, msgspec.json.decode(body))
         raise TransportUnavailable(f"event stream unavailable (HTTP {response.status_code})")
 
-    async def _polling(self) -> AsyncIterator[AnyFrame]:
+    async def _polling(self) -> AsyncGenerator[AnyFrame, None]:
         try:
             while True:
                 job = await self.client.status(self.job_id)
@@ -166,7 +167,7 @@ class Subscription:
             raise ConnectionLost(str(exc)) from exc
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+async def _sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
     data: list[str] = []
     async for line in response.aiter_lines():
         if line.startswith("data:"):
@@ -184,27 +185,30 @@ def _job_error(message: ErrorMessage) -> DelineateError:
 
 async def follow_many(
     client: AsyncClient, job_ids: list[str], raise_on_failure: bool
-) -> AsyncIterator[AnyFrame]:
+) -> AsyncGenerator[AnyFrame, None]:
     """Frames of many jobs over /v1/ws; per job exactly once, across reconnects."""
     last = dict.fromkeys(job_ids, -1)
     open_jobs = set(job_ids)
     failures = 0
     while open_jobs:
         try:
-            async for frame in _multiplexed(client, last, open_jobs):
-                failures = 0
-                if frame.seq <= last[frame.job_id]:
-                    continue
-                last[frame.job_id] = frame.seq
-                yield frame
-                if is_terminal(frame):
-                    open_jobs.discard(frame.job_id)
-                    check_failure(frame, raise_on_failure)
-                    if not open_jobs:
-                        return
+            async with contextlib.aclosing(_multiplexed(client, last, open_jobs)) as stream:
+                async for frame in stream:
+                    failures = 0
+                    if frame.seq <= last[frame.job_id]:
+                        continue
+                    last[frame.job_id] = frame.seq
+                    yield frame
+                    if is_terminal(frame):
+                        open_jobs.discard(frame.job_id)
+                        check_failure(frame, raise_on_failure)
+                        if not open_jobs:
+                            return
         except TransportUnavailable:
-            async for frame in _merged(client, sorted(open_jobs), last, raise_on_failure):
-                yield frame
+            merged = _merged(client, sorted(open_jobs), last, raise_on_failure)
+            async with contextlib.aclosing(merged) as stream:
+                async for frame in stream:
+                    yield frame
             return
         except ConnectionLost:
             failures += 1
@@ -215,7 +219,7 @@ async def follow_many(
 
 async def _multiplexed(
     client: AsyncClient, last: dict[str, int], open_jobs: set[str]
-) -> AsyncIterator[AnyFrame]:
+) -> AsyncGenerator[AnyFrame, None]:
     headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
     try:
         async with connect(client.ws_url("/v1/ws"), additional_headers=headers) as ws:
@@ -239,7 +243,7 @@ async def _multiplexed(
 
 async def _merged(
     client: AsyncClient, job_ids: list[str], last: dict[str, int], raise_on_failure: bool
-) -> AsyncIterator[AnyFrame]:
+) -> AsyncGenerator[AnyFrame, None]:
     """Fallback without WebSocket: one SSE/polling subscription per job, merged."""
     queue: asyncio.Queue[AnyFrame | BaseException | None] = asyncio.Queue()
 
@@ -248,8 +252,9 @@ async def _merged(
         fallbacks = tuple(t for t in client.transports if t != "websocket")
         sub = Subscription(client, job_id, since, False, fallbacks)
         try:
-            async for frame in sub.frames():
-                await queue.put(frame)
+            async with contextlib.aclosing(sub.frames()) as frames:
+                async for frame in frames:
+                    await queue.put(frame)
         except BaseException as exc:
             await queue.put(exc)
             raise

@@ -63,7 +63,7 @@ class Client:
                 except StopAsyncIteration:
                     return
         finally:
-            self._runner.run(frames.aclose())  # type: ignore[attr-defined]
+            self._runner.run(frames.aclose())
 
 
 async def _next(frames: AsyncIterator[AnyFrame]) -> AnyFrame:
