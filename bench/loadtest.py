@@ -1,0 +1,244 @@
+"""Load test: N WebSocket (and SSE) subscribers on M jobs across several replicas; prints JSON.
+
+    python bench/loadtest.py --url http://127.0.0.1:8080 --subscribers 1000 --jobs 20
+
+Each subscriber follows one job from seq 0 (``?since=0`` / ``Last-Event-ID: 0``), so it must
+receive every frame of its job exactly once: frames missing from 1..<terminal seq> count as
+lost, repeats as duplicates. Latency is receipt time minus the frame's ``ts`` (same machine).
+With ``--pid`` (repeatable) it also reports those server processes' CPU seconds and peak RSS.
+Bounded: it stops after ``--max-seconds`` whatever happens. Loopback by default; it refuses
+non-loopback URLs unless ``--allow-remote`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import msgspec
+from websockets.asyncio.client import connect
+
+
+class Header(msgspec.Struct):
+    type: str
+    seq: int = -1
+    ts: float = 0.0
+
+
+decode_header = msgspec.json.Decoder(Header).decode
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+class Watcher:
+    """What one subscriber saw."""
+
+    __slots__ = ("duplicates", "error", "final_seq", "job_id", "latencies", "received", "seen")
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.seen: set[int] = set()
+        self.received = 0
+        self.duplicates = 0
+        self.final_seq: int | None = None
+        self.latencies: list[float] = []
+        self.error: str | None = None
+
+    def frame(self, raw: str | bytes) -> bool:
+        """Record one frame; True once the job's terminal frame arrived."""
+        now = time.time() * 1000
+        header = decode_header(raw)
+        if header.seq < 0:
+            return False  # control message
+        self.received += 1
+        if header.seq in self.seen:
+            self.duplicates += 1
+        self.seen.add(header.seq)
+        self.latencies.append(now - header.ts)
+        if header.type in TERMINAL:
+            self.final_seq = header.seq
+            return True
+        return False
+
+    @property
+    def lost(self) -> int:
+        if self.final_seq is None:
+            return 0
+        return self.final_seq - len(self.seen & set(range(1, self.final_seq + 1)))
+
+
+async def ws_subscriber(url: str, watcher: Watcher) -> None:
+    try:
+        async with connect(f"{url}/v1/download/subscribe/{watcher.job_id}?since=0",
+                           compression=None, max_queue=None, open_timeout=30) as ws:  # fmt: skip
+            async for raw in ws:
+                if watcher.frame(raw):
+                    return
+    except Exception as exc:
+        watcher.error = type(exc).__name__
+
+
+async def sse_subscriber(client: httpx.AsyncClient, url: str, watcher: Watcher) -> None:
+    headers = {"Last-Event-ID": "0"}
+    try:
+        async with client.stream(
+            "GET", f"{url}/v1/download/stream/{watcher.job_id}", headers=headers
+        ) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: ") and watcher.frame(line[6:]):
+                    return
+    except Exception as exc:
+        watcher.error = type(exc).__name__
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+def process_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds so far, peak RSS in KiB) of a local process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    peak = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1])
+    return cpu, peak
+
+
+def check_loopback(urls: list[str], allow_remote: bool) -> None:
+    for url in urls:
+        host = urlparse(url).hostname or ""
+        loopback = host == "localhost" or (
+            host.replace(".", "").isdigit() and ipaddress.ip_address(host).is_loopback
+        )
+        if not loopback and not allow_remote:
+            raise SystemExit(f"refusing non-loopback target {url} (use --allow-remote)")
+
+
+async def start_jobs(urls: list[str], count: int, files_per_job: int) -> list[str]:
+    job_ids = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for i in range(count):
+            ids = [70000 + 7 * ((i * files_per_job + k) % 40) for k in range(files_per_job)]
+            response = await client.post(f"{urls[i % len(urls)]}/v1/download/initiate",
+                                         json={"file_ids": ids})  # fmt: skip
+            response.raise_for_status()
+            job_ids.append(response.json()["jobId"])
+    return job_ids
+
+
+async def report_progress(watchers: list[Watcher], started: float) -> None:
+    while True:
+        await asyncio.sleep(1)
+        done = sum(w.final_seq is not None for w in watchers)
+        frames = sum(w.received for w in watchers)
+        elapsed = time.monotonic() - started
+        sys.stderr.write(f"\r{elapsed:5.1f}s  done {done}/{len(watchers)}  frames {frames}")
+        sys.stderr.flush()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    urls = [u.rstrip("/") for u in args.url]
+    ws_urls = ["ws" + u.removeprefix("http") for u in urls]
+    before = {pid: process_usage(pid) for pid in args.pid}
+    job_ids = await start_jobs(urls, args.jobs, args.files_per_job)
+    watchers = [Watcher(job_ids[i % len(job_ids)]) for i in range(args.subscribers + args.sse)]
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=None, limits=limits) as sse_client:
+        tasks = [
+            ws_subscriber(ws_urls[i % len(urls)], w) if i < args.subscribers
+            else sse_subscriber(sse_client, urls[i % len(urls)], w)
+            for i, w in enumerate(watchers)
+        ]  # fmt: skip
+        progress = asyncio.ensure_future(report_progress(watchers, started))
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks), args.max_seconds)
+            timed_out = False
+        except TimeoutError:
+            timed_out = True
+        progress.cancel()
+    elapsed = time.monotonic() - started
+    sys.stderr.write("\n")
+    return summarize(args, watchers, elapsed, timed_out, before)
+
+
+def summarize(
+    args: argparse.Namespace,
+    watchers: list[Watcher],
+    elapsed: float,
+    timed_out: bool,
+    before: dict[int, tuple[float, int]],
+) -> dict[str, Any]:
+    latencies = [x for w in watchers for x in w.latencies]
+    frames = sum(w.received for w in watchers)
+    result: dict[str, Any] = {
+        "subscribers": {"websocket": args.subscribers, "sse": args.sse},
+        "jobs": args.jobs,
+        "seconds": round(elapsed, 3),
+        "timed_out": timed_out,
+        "frames_delivered": frames,
+        "frames_per_second": round(frames / elapsed, 1) if elapsed else 0,
+        "latency_ms": {
+            q: percentile(latencies, v)
+            for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
+        },
+        "lost_frames": sum(w.lost for w in watchers),
+        "duplicate_frames": sum(w.duplicates for w in watchers),
+        "unfinished_subscribers": sum(w.final_seq is None for w in watchers),
+        "connection_errors": sum(w.error is not None for w in watchers),
+    }
+    if before:
+        after = {pid: process_usage(pid) for pid in before}
+        cpu = sum(after[p][0] - before[p][0] for p in before)
+        result["server_cpu_seconds"] = round(cpu, 3)
+        result["server_cpu_us_per_frame"] = round(cpu * 1e6 / frames, 1) if frames else None
+        result["server_peak_rss_kib"] = {str(p): after[p][1] for p in after}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--url", action="append", help="base URL (repeatable; default http://127.0.0.1:3000)"
+    )
+    parser.add_argument("--subscribers", type=int, default=100, help="WebSocket subscribers")
+    parser.add_argument("--sse", type=int, default=0, help="SSE subscribers")
+    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--files-per-job", type=int, default=2)
+    parser.add_argument("--max-seconds", type=float, default=120, help="hard stop")
+    parser.add_argument("--pid", type=int, action="append", default=[], help="local server pid")
+    parser.add_argument("--allow-remote", action="store_true")
+    args = parser.parse_args(argv)
+    args.url = args.url or ["http://127.0.0.1:3000"]
+    check_loopback(args.url, args.allow_remote)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop
+    except ImportError:
+        result = asyncio.run(run(args))
+    else:
+        result = uvloop.run(run(args))
+    print(json.dumps(result, indent=2))
+    return 0 if result["lost_frames"] == 0 and result["duplicate_frames"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""The load-test script, run with small numbers: it must keep working and report honestly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import Replica
+
+pytestmark = pytest.mark.integration
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "loadtest.py"
+
+
+def test_small_load_test_loses_nothing(server: Replica) -> None:
+    """30 WebSocket + 10 SSE subscribers on 4 jobs: all finish, none lost or repeated."""
+    assert server.pid is not None
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--url", server.url, "--subscribers", "30", "--sse", "10",
+         "--jobs", "4", "--max-seconds", "60", "--pid", str(server.pid)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["lost_frames"] == 0
+    assert report["duplicate_frames"] == 0
+    assert report["unfinished_subscribers"] == 0
+    assert report["connection_errors"] == 0
+    assert report["frames_delivered"] > 40
+    assert report["latency_ms"]["p50"] <= report["latency_ms"]["max"]
+    assert report["server_cpu_seconds"] > 0
+    assert report["server_peak_rss_kib"][str(server.pid)] > 0
+
+
+def test_refuses_remote_targets() -> None:
+    """Only loopback targets unless asked otherwise."""
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--url", "http://192.0.2.1:80"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "refusing non-loopback" in out.stderr
