@@ -6,7 +6,12 @@ from pathlib import Path
 
 import msgspec
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "nginx" / "nginx.conf.template"
+_PACKAGED = Path(__file__).resolve().parent / "nginx_template" / "nginx.conf.template"
+TEMPLATE = (
+    _PACKAGED
+    if _PACKAGED.exists()
+    else Path(__file__).resolve().parents[1] / "nginx" / "nginx.conf.template"
+)
 
 # For tests of clients behind poor proxies: a proxy that does not pass WebSocket upgrades,
 # and one that blocks event streams. Regex locations listed first win.

@@ -108,10 +108,16 @@ def edge_factory(tmp_path: Path) -> Iterator[EdgeFactory]:
     """Start a real nginx in front of the given replicas (rendered from nginx/)."""
     started_nginx: list[Nginx] = []
 
-    def start(replicas: list[Replica], **options: object) -> Nginx:
+    def start(
+        replicas: list[Replica], upstream_params: dict[int, str] | None = None, **options: object
+    ) -> Nginx:
+        """``upstream_params`` adds nginx server parameters by index, e.g. {1: "backup"}."""
+        params = upstream_params or {}
         prefix = tmp_path / f"nginx-{len(started_nginx)}"
         config = NginxConfig(
-            upstreams=[f"127.0.0.1:{r.port}" for r in replicas],
+            upstreams=[
+                f"127.0.0.1:{r.port} {params.get(i, '')}".strip() for i, r in enumerate(replicas)
+            ],
             listen=f"127.0.0.1:{free_port()}",
             prefix=str(prefix),
             **options,  # type: ignore[arg-type]

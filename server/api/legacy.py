@@ -6,10 +6,11 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from urllib.parse import urljoin
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 
 from server.api.params import services_of
 from server.api.responses import JSONResponse, read_body
@@ -28,7 +29,16 @@ HEALTH_CHECK_TIMEOUT_S = 2.0
 
 
 async def root(request: Request) -> Response:
+    """The original's JSON greeting; a browser (asking for HTML) gets the page instead."""
+    if "text/html" in request.headers.get("accept", ""):
+        return FileResponse(web_dir() / "index.html", media_type="text/html")
     return JSONResponse(RootResponse(message="Hello Hono!"))
+
+
+def web_dir() -> Path:
+    """The browser page's files: packaged beside the server, or ``web/`` in a checkout."""
+    packaged = Path(__file__).resolve().parents[1] / "web"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "web"
 
 
 async def health(request: Request) -> Response:

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from server.api import files, jobs, legacy, openapi
 from server.api.schemas import (
@@ -202,6 +203,8 @@ def build_routes() -> list[BaseRoute]:
         routes.append(Route(path, op.endpoint, methods=[op.method]))
     routes.extend(WebSocketRoute(path, endpoint) for path, endpoint in WEBSOCKETS.items())
     routes.append(Route("/v1/files/{key:path}", files.download, methods=["GET"]))
+    # The browser page (web/): static files, no build step.
+    routes.append(Mount("/app", app=StaticFiles(directory=legacy.web_dir(), html=True), name="app"))
     return routes
 
 
