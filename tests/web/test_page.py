@@ -15,10 +15,12 @@ from tests.support.processes import Replica
 from tests.web.conftest import progress_of, start_download
 
 pytestmark = pytest.mark.integration
+# `page` comes last in every signature so it is torn down first: its screenshot shows the
+# page while the servers behind it are still up.
 SLOW = {"DOWNLOAD_DELAY_MIN_MS": "4000", "DOWNLOAD_DELAY_MAX_MS": "4000"}
 
 
-def test_job_reaches_100_and_the_link_downloads_the_bundle(page: Page, server: Replica) -> None:
+def test_job_reaches_100_and_the_link_downloads_the_bundle(server: Replica, page: Page) -> None:
     """Start from the page; the bar reaches 100% and the link downloads a valid bundle."""
     page.goto(server.url)  # a browser asking for HTML gets the page at /
     job_id = start_download(page, "70000, 70007 99999")
@@ -36,7 +38,7 @@ def test_job_reaches_100_and_the_link_downloads_the_bundle(page: Page, server: R
 
 
 def test_three_jobs_progress_at_once_over_one_socket(
-    page: Page, replica_factory: ReplicaFactory
+    replica_factory: ReplicaFactory, page: Page
 ) -> None:
     """Three cards move together, carried by a single WebSocket."""
     replica = replica_factory(**SLOW)
@@ -59,7 +61,7 @@ def test_three_jobs_progress_at_once_over_one_socket(
 
 
 def test_reload_mid_job_resumes_without_going_back(
-    page: Page, replica_factory: ReplicaFactory
+    replica_factory: ReplicaFactory, page: Page
 ) -> None:
     """After a reload the job is still there, resumes from its last seq, and never regresses."""
     replica = replica_factory(**SLOW)
@@ -83,7 +85,7 @@ def test_reload_mid_job_resumes_without_going_back(
 
 
 def test_falls_back_to_sse_when_websocket_is_blocked(
-    page: Page, replica_factory: ReplicaFactory, edge_factory: EdgeFactory
+    replica_factory: ReplicaFactory, edge_factory: EdgeFactory, page: Page
 ) -> None:
     """Behind a proxy that refuses upgrades the page switches to SSE and still completes."""
     proxy = edge_factory([replica_factory()], websocket=False)
@@ -97,7 +99,7 @@ def test_falls_back_to_sse_when_websocket_is_blocked(
 
 
 def test_killing_the_replica_holding_the_socket_does_not_stop_the_bar(
-    page: Page, cluster: Cluster, edge_factory: EdgeFactory
+    cluster: Cluster, edge_factory: EdgeFactory, page: Page
 ) -> None:
     """Through nginx with 2 replicas: the page's replica dies mid-job, the bar still completes."""
     primary, spare = cluster(2, JOB_LEASE_MS="1500", **SLOW)
