@@ -11,20 +11,27 @@ from starlette.types import ASGIApp
 
 from server import services as services_module
 from server.api.responses import handle_delineate_error, handle_http_exception, handle_unexpected
-from server.api.routes import build_routes, openapi_document
+from server.api.routes import build_routes, openapi_document, route_of
 from server.edge import EdgeHeaders, RateLimit, Timeout
 from server.errors import DelineateError
+from server.observability import sentry, tracing
+from server.observability.middleware import Telemetry
 from server.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings.from_env()
+    tracing.setup(settings.otel_exporter_otlp_endpoint, settings.replica_id)
+    sentry_on = sentry.setup(settings.sentry_dsn, settings.replica_id)
     services = services_module.build(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with services_module.running(services):
             yield
+        # After the last job handed back: flush telemetry before the process exits.
+        tracing.shutdown()
+        sentry.flush()
 
     app = Starlette(
         routes=build_routes(),
@@ -44,5 +51,6 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         window_ms=settings.rate_limit_window_ms,
         trusted_proxies=settings.trusted_proxy_list,
     )
+    edge = Telemetry(edge, metrics=services.metrics, route_of=route_of, sentry=sentry_on)
     cors = None if settings.cors_origins == "*" else settings.cors_origin_list
     return EdgeHeaders(edge, cors_origins=cors)

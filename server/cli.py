@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from server.settings import Settings, SettingsError
@@ -13,11 +12,12 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.observability import logs
 
     settings = _settings_or_exit()
     host = args.host or settings.host
     port = args.port or settings.port
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
     config = uvicorn.Config(
         create_app(settings),
         host=host,
@@ -31,7 +31,8 @@ def serve(args: argparse.Namespace) -> int:
         ws_max_size=settings.max_ws_message_bytes,
         timeout_graceful_shutdown=10,
         lifespan="on",
-        access_log=False,
+        access_log=False,  # server.observability.middleware writes access lines
+        log_config=None,  # keep the logging set up above
         proxy_headers=False,
     )
     uvicorn.Server(config).run()

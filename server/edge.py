@@ -39,8 +39,8 @@ ALLOW_HEADERS = (
     "Idempotency-Key, Last-Event-ID"
 )
 EXPOSE_HEADERS = (
-    "X-Request-ID, RateLimit-Policy, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, "
-    "Retry-After, Location, Idempotent-Replayed"
+    "X-Request-ID, X-Trace-ID, RateLimit-Policy, RateLimit-Limit, RateLimit-Remaining, "
+    "RateLimit-Reset, Retry-After, Location, Idempotent-Replayed"
 )
 
 

@@ -80,6 +80,8 @@ class JobSnapshot(Wire, kw_only=True):
     error: JobError | None = None
     seq: Seq = 0
     attempt: int = 0
+    trace_id: str | None = None
+    """The trace of the request that created the job (W3C trace id, 32 hex)."""
     worker: str | None = None
     """The replica running (or that last ran) the job."""
     size: int | None = None
@@ -94,6 +96,7 @@ class Frame(Wire, tag_field="type", kw_only=True):
     job_id: str
     seq: Seq
     ts: float = msgspec.field(default_factory=lambda: time.time() * 1000.0)
+    trace_id: str | None = None
 
 
 class SnapshotFrame(Frame, tag="snapshot", kw_only=True):
@@ -150,10 +153,11 @@ TERMINAL_FRAME_TYPES = frozenset({"completed", "failed", "cancelled"})
 
 
 class FrameHeader(msgspec.Struct):
-    """The two fields fan-out needs; decoding only these skips the rest of the frame."""
+    """The fields fan-out needs; decoding only these skips the rest of the frame."""
 
     type: str
     seq: int
+    ts: float = 0.0
 
     @property
     def is_terminal(self) -> bool:

@@ -12,6 +12,7 @@ from server.broker.base import Broker
 from server.jobs.runner import RunnerConfig
 from server.jobs.service import JobService
 from server.jobstore.base import JobStore
+from server.observability.metrics import Metrics
 from server.realtime.hub import Hub
 from server.settings import Settings
 from server.storage.base import Storage
@@ -27,6 +28,7 @@ class Services(msgspec.Struct, kw_only=True):
     store: JobStore
     jobs: JobService
     hub: Hub
+    metrics: Metrics
     redis: Any = None
     """The shared redis.asyncio client, when REDIS_URL is set."""
 
@@ -131,16 +133,27 @@ def build(settings: Settings) -> Services:
         max_attempts=settings.job_max_attempts,
         retry_base_s=settings.job_retry_base_ms / 1000,
     )
+    metrics = Metrics()
     jobs = JobService(
         storage=storage,
         broker=broker,
         store=store,
         config=config,
         concurrency=settings.job_concurrency,
+        metrics=metrics,
     )
     hub = Hub(broker, jobs.snapshot)
+    metrics.jobs_running.set_function(lambda: jobs.running)
+    metrics.broker_reconnects.set_function(lambda: getattr(broker, "reconnects", 0))
     return Services(
-        settings=settings, storage=storage, broker=broker, store=store, jobs=jobs, hub=hub
+        settings=settings,
+        storage=storage,
+        broker=broker,
+        store=store,
+        jobs=jobs,
+        hub=hub,
+        metrics=metrics,
+        redis=client,
     )
 
 

@@ -13,6 +13,7 @@ from server.api.responses import JSONResponse, read_body
 from server.api.schemas import InitiateRequest, InitiateResponse, ResultResponse
 from server.errors import BadRequest, JobStateConflict
 from server.frames import JobSnapshot, JobStatus
+from server.observability import tracing
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 POLL_AFTER_S = "2"
@@ -44,6 +45,8 @@ async def initiate(request: Request) -> Response:
         file_ids,
         idempotency_key=_idempotency_key(request),
         request_id=getattr(request.state, "request_id", None),
+        trace_id=getattr(request.state, "trace_id", None),
+        traceparent=tracing.current_traceparent() or request.headers.get("traceparent"),
     )
     job = record.job
     links = job_links(request, job.job_id)

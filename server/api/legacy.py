@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable
@@ -58,6 +59,15 @@ async def _within_timeout(check: Awaitable[bool]) -> bool:
             return await check
     except Exception:
         return False
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text; the queue length is read now (it lives in the job store)."""
+    services = services_of(request)
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(HEALTH_CHECK_TIMEOUT_S):
+            services.metrics.jobs_queued.set(await services.store.queued())
+    return Response(services.metrics.render(), media_type=services.metrics.content_type)
 
 
 async def check(request: Request) -> Response:

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from server.api import files, jobs, legacy, openapi
 from server.api.schemas import (
@@ -179,6 +180,15 @@ OPERATIONS: list[Operation] = [
         media_type="text/html",
         responses={200: None},
     ),
+    Operation(
+        method="GET",
+        path="/metrics",
+        endpoint=legacy.metrics,
+        tag="service",
+        summary="Prometheus metrics of this replica",
+        media_type="text/plain",
+        responses={200: None},
+    ),
 ]
 
 WEBSOCKETS = {
@@ -193,6 +203,21 @@ WEBSOCKET_DOC = (
     '`{"op":"ping"}`; the server answers with `ack`, `pong` or `error` messages and the frames '
     "of every subscribed job. The schema `ServerMessage` lists every message a socket carries."
 )
+
+
+ROUTE_TEMPLATES: dict[object, str] = {}
+for _op in OPERATIONS:
+    ROUTE_TEMPLATES.setdefault(_op.endpoint, _op.path)
+ROUTE_TEMPLATES.update({endpoint: path for path, endpoint in WEBSOCKETS.items()})
+ROUTE_TEMPLATES[files.download] = "/v1/files/{key}"
+
+
+def route_of(scope: Scope) -> str:
+    """The matched route's template, for metric labels and span names (never the raw path)."""
+    endpoint = scope.get("endpoint")
+    if isinstance(endpoint, StaticFiles):
+        return "/app"
+    return ROUTE_TEMPLATES.get(endpoint, "unmatched")
 
 
 def build_routes() -> list[BaseRoute]:

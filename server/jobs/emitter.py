@@ -84,6 +84,7 @@ class FrameEmitter:
         seq = await self._broker.next_seq(job.job_id)
         job.seq = seq
         frame = build(job.job_id, seq)
+        frame.trace_id = job.trace_id
         if not await self._store.save(self.record, expect=expect):
             raise Superseded(f"job {job.job_id} is no longer {expect}")
         terminal = frame.__struct_config__.tag in TERMINAL_FRAME_TYPES

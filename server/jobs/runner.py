@@ -32,6 +32,7 @@ from server.jobs import state
 from server.jobs.emitter import FrameEmitter, Superseded
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
+from server.observability import logs, sentry, tracing
 from server.storage.base import ObjectWriter, Storage
 from server.storage.keys import bundle_key, source_key
 
@@ -93,6 +94,26 @@ class JobRunner:
 
     async def run(self, record: JobRecord) -> None:
         """Run a queued job, or take over one whose replica was lost mid-run."""
+        job = record.job
+        token = logs.job_id_var.set(job.job_id)
+        attributes: dict[str, str | int] = {
+            "job.id": job.job_id,
+            "job.files": len(job.files),
+            "replica": self._config.replica_id,
+        }
+        try:
+            with tracing.tracer().start_as_current_span(
+                "job.run", context=tracing.context_of(record.traceparent), attributes=attributes
+            ) as span:
+                log.info("job started (attempt %d)", job.attempt + 1)
+                await self._run(record)
+                log.info("job %s", job.status.value)
+                span.set_attribute("job.status", job.status.value)
+                span.set_attribute("job.attempt", job.attempt)
+        finally:
+            logs.job_id_var.reset(token)
+
+    async def _run(self, record: JobRecord) -> None:
         emitter = FrameEmitter(
             broker=self._broker,
             store=self._store,
@@ -121,8 +142,12 @@ class JobRunner:
             await self._fail(emitter, exc.error)
         except StorageError as exc:
             await self._fail(emitter, JobError(code=exc.code, message=exc.message))
-        except Exception:
-            log.exception("job crashed", extra={"job_id": job.job_id})
+        except Exception as exc:
+            log.exception("job crashed")
+            sentry.capture_job_error(
+                exc,
+                {"job_id": job.job_id, "request_id": record.request_id, "trace_id": job.trace_id},
+            )
             await self._fail(emitter, JobError(code="internal_error", message="the job crashed"))
 
     async def _attempts(self, emitter: FrameEmitter) -> None:
@@ -171,7 +196,8 @@ class JobRunner:
                 info = await self._storage.head(source_key(f.file_id))
             return None if info is None else info.size
 
-        sizes = await asyncio.gather(*(head(f) for f in job.files))
+        with tracing.tracer().start_as_current_span("job.check_files"):
+            sizes = await asyncio.gather(*(head(f) for f in job.files))
         available = []
         for f, size in zip(job.files, sizes, strict=True):
             if size is None:
@@ -191,7 +217,10 @@ class JobRunner:
         bundle = ZipBundle()
         with bundle:
             for f in files:
-                with bundle.entry(f"{f.file_id}.zip", f.size or 0) as entry:
+                span = tracing.tracer().start_as_current_span(
+                    "job.file", attributes={"file.id": f.file_id, "file.size": f.size or 0}
+                )
+                with span, bundle.entry(f"{f.file_id}.zip", f.size or 0) as entry:
                     async for chunk in self._storage.read(source_key(f.file_id)):
                         entry.write(chunk)
                         await writer.write(bundle.drain())
@@ -203,7 +232,8 @@ class JobRunner:
                 await emitter.file(f)
             await writer.write(bundle.close())
         await emitter.flush_progress()
-        return await writer.complete()
+        with tracing.tracer().start_as_current_span("storage.complete"):
+            return await writer.complete()
 
     async def _complete(self, emitter: FrameEmitter, key: str, size: int) -> None:
         job = emitter.record.job

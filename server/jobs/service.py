@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
+from datetime import datetime
 
 import msgspec
 
@@ -24,6 +25,7 @@ from server.jobs.emitter import FrameEmitter, Superseded
 from server.jobs.runner import JobRunner, RunnerConfig, iso
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
+from server.observability.metrics import Metrics
 from server.storage.base import Storage
 
 log = logging.getLogger("delineate.jobs")
@@ -53,8 +55,10 @@ class JobService:
         store: JobStore,
         config: RunnerConfig,
         concurrency: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self._storage, self._broker, self._store = storage, broker, store
+        self.metrics = metrics
         self._config = config
         self._concurrency = concurrency
         self._runner = JobRunner(
@@ -91,13 +95,22 @@ class JobService:
     # --- API ---------------------------------------------------------------------------
 
     async def create(
-        self, file_ids: list[int], *, idempotency_key: str | None, request_id: str | None
+        self,
+        file_ids: list[int],
+        *,
+        idempotency_key: str | None,
+        request_id: str | None,
+        trace_id: str | None = None,
+        traceparent: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """Create and enqueue a job; return (record, created). 409 on a reused key."""
         job_id = str(uuid.uuid4())
+        job = state.new_job(job_id, file_ids)
+        job.trace_id = trace_id
         record = JobRecord(
-            job=state.new_job(job_id, file_ids),
+            job=job,
             request_id=request_id,
+            traceparent=traceparent,
             fingerprint=fingerprint(file_ids),
         )
         stored = await self._store.create(record, idempotency_key)
@@ -192,6 +205,7 @@ class JobService:
             )
         except Superseded:
             return False
+        self._observe(record)
         return True
 
     async def _work(self) -> None:
@@ -225,6 +239,17 @@ class JobService:
         finally:
             self._running.pop(job_id, None)
             self._stop_reasons.pop(job_id, None)
+        self._observe(record)
+
+    def _observe(self, record: JobRecord) -> None:
+        job = record.job
+        if self.metrics is None or not job.status.is_terminal:
+            return
+        self.metrics.jobs_finished.labels(job.status.value).inc()
+        if job.started_at and job.finished_at:
+            started = datetime.fromisoformat(job.started_at)
+            finished = datetime.fromisoformat(job.finished_at)
+            self.metrics.job_duration.observe((finished - started).total_seconds())
 
     def _reason(self, job_id: str) -> str | None:
         return self._stop_reasons.get(job_id)

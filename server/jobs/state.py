@@ -41,6 +41,8 @@ class JobRecord(msgspec.Struct, kw_only=True):
     job: JobSnapshot
     result_key: str | None = None
     request_id: str | None = None
+    traceparent: str | None = None
+    """W3C context of the initiating request: the job's span joins that trace anywhere."""
     fingerprint: str = ""
 
 

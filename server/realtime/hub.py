@@ -137,12 +137,15 @@ class Hub:
     @staticmethod
     def _snapshot_item(snapshot: JobSnapshot, *, recovered: bool) -> Outgoing:
         frame = SnapshotFrame(
-            job_id=snapshot.job_id, seq=snapshot.seq, job=snapshot, recovered=recovered
+            job_id=snapshot.job_id,
+            seq=snapshot.seq,
+            job=snapshot,
+            recovered=recovered,
+            trace_id=snapshot.trace_id,
         )
         text = encoder.encode(frame).decode()
-        return Outgoing(
-            snapshot.job_id, snapshot.seq, "snapshot", text, snapshot.status.is_terminal
-        )
+        terminal = snapshot.status.is_terminal
+        return Outgoing(snapshot.job_id, snapshot.seq, "snapshot", text, terminal, frame.ts)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -157,4 +160,5 @@ class Hub:
 
 def _outgoing(job_id: str, payload: bytes) -> Outgoing:
     header = header_decoder.decode(payload)
-    return Outgoing(job_id, header.seq, header.type, payload.decode(), header.is_terminal)
+    text = payload.decode()
+    return Outgoing(job_id, header.seq, header.type, text, header.is_terminal, header.ts)

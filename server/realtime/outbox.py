@@ -18,16 +18,21 @@ from collections import deque
 
 
 class Outgoing:
-    __slots__ = ("job_id", "seq", "terminal", "text", "type")
+    """One message for one connection; the same object is shared by every local watcher."""
 
-    def __init__(self, job_id: str, seq: int, type: str, text: str, terminal: bool = False) -> None:
-        self.job_id, self.seq, self.type, self.text, self.terminal = (
-            job_id,
-            seq,
-            type,
-            text,
-            terminal,
-        )
+    __slots__ = ("job_id", "seq", "terminal", "text", "ts", "type")
+
+    def __init__(
+        self,
+        job_id: str,
+        seq: int,
+        type: str,
+        text: str,
+        terminal: bool = False,
+        ts: float = 0.0,
+    ) -> None:
+        self.job_id, self.seq, self.type, self.text = job_id, seq, type, text
+        self.terminal, self.ts = terminal, ts
 
     def __repr__(self) -> str:
         return f"Outgoing({self.job_id[:8]}, {self.seq}, {self.type})"

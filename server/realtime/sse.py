@@ -20,6 +20,7 @@ from server.api.params import job_id_param, services_of
 from server.errors import BadRequest
 from server.realtime.hub import Hub, Watch
 from server.realtime.outbox import Outbox
+from server.realtime.session import Session
 
 KEEPALIVE = b": keepalive\n\n"
 SSE_HEADERS = {
@@ -61,14 +62,20 @@ def parse_since(raw: str | None) -> int | None:
 class EventStream(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, hub: Hub, watch: Watch, *, keepalive_s: float, retry_ms: int) -> None:
+    def __init__(
+        self, hub: Hub, watch: Watch, session: Session, *, keepalive_s: float, retry_ms: int
+    ) -> None:
         super().__init__(headers=SSE_HEADERS, media_type=self.media_type)
         # Response assumed an empty body; a stream has no length.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-        self._hub, self._watch = hub, watch
+        self._hub, self._watch, self._session = hub, watch, session
         self._keepalive_s, self._retry_ms = keepalive_s, retry_ms
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self._session.open("sse.stream"):
+            await self._stream(receive, send)
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
         gone = asyncio.ensure_future(_wait_disconnect(receive))
         try:
@@ -97,6 +104,7 @@ class EventStream(Response):
             if item is None:
                 return  # overflowed: end the stream; EventSource reconnects with Last-Event-ID
             await _body(send, format_sse_event(item.text, event=item.type, id=item.seq))
+            self._session.sent(item)
             if item.terminal:
                 return
 
@@ -116,6 +124,11 @@ async def stream(request: Request) -> Response:
     outbox = Outbox(services.settings.outbox_limit)
     watch = await services.hub.watch(job_id_param(request), resume_point(request), outbox)
     settings = services.settings
+    session = Session(services.metrics, "sse", outbox)
     return EventStream(
-        services.hub, watch, keepalive_s=settings.sse_keepalive_s, retry_ms=settings.sse_retry_ms
+        services.hub,
+        watch,
+        session,
+        keepalive_s=settings.sse_keepalive_s,
+        retry_ms=settings.sse_retry_ms,
     )

@@ -41,6 +41,7 @@ from server.frames import (
 )
 from server.realtime.hub import Hub, Watch
 from server.realtime.outbox import CONTROL_SEQ, Outbox, Outgoing
+from server.realtime.session import Session
 from server.realtime.sse import parse_since
 
 log = logging.getLogger("delineate.ws")
@@ -87,23 +88,27 @@ async def subscribe_one(ws: WebSocket) -> None:
     services = services_of(ws)
     await ws.accept()
     outbox = Outbox(services.settings.outbox_limit)
-    try:
-        job_id = job_id_param(ws)
-        watch = await services.hub.watch(job_id, parse_since(ws.query_params.get("since")), outbox)
-    except DelineateError as exc:
-        await ws.send_text(error_item(exc.code, exc.message).text)
-        await _close(ws, exc.close_code, exc.message)
-        return
-    try:
-        writer = asyncio.ensure_future(_write_one(ws, outbox))
-        await _first_done(writer, asyncio.ensure_future(_drain_incoming(ws)))
-    finally:
-        services.hub.unwatch(watch)
+    session = Session(services.metrics, "websocket", outbox)
+    with session.open("ws.subscribe"):
+        try:
+            job_id = job_id_param(ws)
+            since = parse_since(ws.query_params.get("since"))
+            watch = await services.hub.watch(job_id, since, outbox)
+        except DelineateError as exc:
+            await ws.send_text(error_item(exc.code, exc.message).text)
+            await _close(ws, exc.close_code, exc.message)
+            return
+        try:
+            writer = asyncio.ensure_future(_write_one(ws, outbox, session))
+            await _first_done(writer, asyncio.ensure_future(_drain_incoming(ws)))
+        finally:
+            services.hub.unwatch(watch)
 
 
-async def _write_one(ws: WebSocket, outbox: Outbox) -> None:
+async def _write_one(ws: WebSocket, outbox: Outbox, session: Session) -> None:
     while (item := await outbox.get()) is not None:
         await ws.send_text(item.text)
+        session.sent(item)
         if item.terminal:
             await _close(ws, CLOSE_NORMAL, "job finished")
             return
@@ -114,19 +119,20 @@ async def multiplexed(ws: WebSocket) -> None:
     """WS /v1/ws: many jobs, one socket."""
     services = services_of(ws)
     await ws.accept()
-    session = MuxSession(
-        ws,
-        services.hub,
-        services.settings.outbox_limit,
-        services.settings.max_subscriptions_per_socket,
-    )
-    await session.run()
+    settings = services.settings
+    outbox = Outbox(settings.outbox_limit)
+    session = Session(services.metrics, "websocket", outbox)
+    with session.open("ws.multiplexed"):
+        mux = MuxSession(ws, services.hub, outbox, session, settings.max_subscriptions_per_socket)
+        await mux.run()
 
 
 class MuxSession:
-    def __init__(self, ws: WebSocket, hub: Hub, outbox_limit: int, max_watches: int) -> None:
-        self._ws, self._hub = ws, hub
-        self._outbox = Outbox(outbox_limit)
+    def __init__(
+        self, ws: WebSocket, hub: Hub, outbox: Outbox, session: Session, max_watches: int
+    ) -> None:
+        self._ws, self._hub, self._session = ws, hub, session
+        self._outbox = outbox
         self._max_watches = max_watches
         self._watches: dict[str, Watch] = {}
 
@@ -142,6 +148,7 @@ class MuxSession:
     async def _write(self) -> None:
         while (item := await self._outbox.get()) is not None:
             await self._ws.send_text(item.text)
+            self._session.sent(item)
             if item.terminal:
                 watch = self._watches.pop(item.job_id, None)
                 if watch is not None:

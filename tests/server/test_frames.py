@@ -32,7 +32,7 @@ def test_frame_round_trips_with_type_tag_and_camel_case() -> None:
     assert raw.startswith(b'{"type":"progress","jobId":"' + JOB.encode())
     assert b'"bytesDone":5' in raw
     assert frame_decoder.decode(raw) == frame
-    assert header_decoder.decode(raw) == FrameHeader(type="progress", seq=3)
+    assert header_decoder.decode(raw) == FrameHeader(type="progress", seq=3, ts=1.5)
 
 
 def test_subscribe_op_decodes() -> None:

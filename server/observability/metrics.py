@@ -1,0 +1,69 @@
+"""Prometheus metrics of one replica, served as text at ``GET /metrics``.
+
+Label values are bounded: route templates (never raw paths), frame types, job statuses.
+One registry per app, so several apps in one process (tests) do not collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "http_requests_total", "HTTP requests", ["method", "path", "status"], registry=r
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds", "HTTP request duration",
+            ["method", "path", "status"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.connections = Gauge(
+            "delineate_open_connections", "Open real-time connections", ["transport"], registry=r
+        )
+        self.frames_sent = Counter(
+            "delineate_frames_sent_total", "Messages written to sockets", ["type"], registry=r
+        )
+        self.fanout_delay = Histogram(
+            "delineate_fanout_delay_seconds",
+            "From a frame's ts to the moment it is written to a socket",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.jobs_finished = Counter(
+            "delineate_jobs_finished_total",
+            "Jobs that ended, by final status",
+            ["status"],
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "delineate_job_duration_seconds", "Running time of finished jobs",
+            buckets=JOB_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.jobs_queued = Gauge("delineate_jobs_queued", "Jobs waiting for a worker", registry=r)
+        self.jobs_running = Gauge(
+            "delineate_jobs_running", "Jobs running on this replica", registry=r
+        )
+        self.broker_reconnects = Gauge(
+            "delineate_broker_reconnects", "Times the broker's listener reconnected", registry=r
+        )
+        self.slow_consumer = Counter(
+            "delineate_slow_consumer_total",
+            "Slow-consumer events: progress frames coalesced, connections closed",
+            ["action"], registry=r,
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

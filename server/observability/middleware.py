@@ -1,0 +1,116 @@
+"""Per-request telemetry at the edge: the server span, access log, HTTP metrics, id headers.
+
+Runs just inside ``EdgeHeaders`` (which assigns the request id). An incoming ``traceparent``
+is honoured; every response carries ``X-Trace-ID``; the ids are put in context so log lines
+and Sentry events carry them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator
+
+from opentelemetry import trace
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.observability import logs, tracing
+from server.observability.metrics import Metrics
+
+access_log = logging.getLogger("delineate.access")
+RouteOf = Callable[[Scope], str]
+
+
+@contextlib.contextmanager
+def sentry_scope(enabled: bool, tags: dict[str, str]) -> Iterator[None]:
+    """Tag Sentry events of this request (a forked scope, so tags never leak between requests)."""
+    if not enabled:
+        yield
+        return
+    import sentry_sdk
+
+    with sentry_sdk.isolation_scope() as scope:
+        for key, value in tags.items():
+            scope.set_tag(key, value)
+        yield
+
+
+class Telemetry:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, route_of: RouteOf, sentry: bool) -> None:
+        self.app, self.metrics, self.route_of, self.sentry = app, metrics, route_of, sentry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        method = scope.get("method", "WS")
+        kind = trace.SpanKind.SERVER
+        with tracing.tracer().start_as_current_span(
+            method, context=tracing.extract(headers), kind=kind
+        ) as span:
+            trace_id = (
+                tracing.current_trace_id()
+                or tracing.trace_id_of(headers.get("traceparent"))
+                or secrets.token_hex(16)
+            )
+            request_id = scope["state"]["request_id"]
+            scope["state"]["trace_id"] = trace_id
+            tokens = (logs.request_id_var.set(request_id), logs.trace_id_var.set(trace_id))
+            try:
+                with sentry_scope(self.sentry, {"request_id": request_id, "trace_id": trace_id}):
+                    await self._serve(scope, receive, send, span, trace_id)
+            finally:
+                logs.request_id_var.reset(tokens[0])
+                logs.trace_id_var.reset(tokens[1])
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, span: trace.Span, trace_id: str
+    ) -> None:
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            span.update_name(f"WS {self.route_of(scope)}")
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_trace(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-trace-id", trace_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_trace)
+        finally:
+            self._record(scope, status, time.perf_counter() - started, span)
+
+    def _record(self, scope: Scope, status: int, elapsed: float, span: trace.Span) -> None:
+        method, route = scope["method"], self.route_of(scope)
+        labels = (method, route, str(status))
+        self.metrics.http_requests.labels(*labels).inc()
+        self.metrics.http_duration.labels(*labels).observe(elapsed)
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.request.method", method)
+        span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", status)
+        # The path only: query strings can hold signatures (download links) and tokens.
+        access_log.info(
+            "%s %s %d",
+            method,
+            scope["path"],
+            status,
+            extra={
+                "method": method,
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )

@@ -1,0 +1,56 @@
+"""Error reports to Sentry when SENTRY_DSN is set; nothing is sent (or loaded) otherwise."""
+
+from __future__ import annotations
+
+_enabled = False
+
+
+def setup(dsn: str | None, replica_id: str) -> bool:
+    """Capture unhandled errors of requests (Starlette) and of background tasks (asyncio)."""
+    global _enabled
+    if not dsn:
+        return False
+    import sentry_sdk
+    from sentry_sdk.integrations.asyncio import AsyncioIntegration
+    from sentry_sdk.integrations.logging import LoggingIntegration
+    from sentry_sdk.integrations.starlette import StarletteIntegration
+
+    sentry_sdk.init(
+        dsn=dsn,
+        release="delineate@1.0.0",
+        server_name=replica_id,
+        send_default_pii=False,
+        traces_sample_rate=0.0,
+        integrations=[
+            StarletteIntegration(),
+            AsyncioIntegration(),
+            # Errors are captured explicitly with their tags; log lines stay breadcrumbs.
+            LoggingIntegration(event_level=None),
+        ],
+    )
+    _enabled = True
+    return True
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def capture_job_error(exc: BaseException, tags: dict[str, str | None]) -> None:
+    """Report a background job's crash, which happens outside any request."""
+    if not _enabled:
+        return
+    import sentry_sdk
+
+    with sentry_sdk.new_scope() as scope:
+        for key, value in tags.items():
+            if value:
+                scope.set_tag(key, value)
+        sentry_sdk.capture_exception(exc)
+
+
+def flush() -> None:
+    if _enabled:
+        import sentry_sdk
+
+        sentry_sdk.flush(timeout=2)
