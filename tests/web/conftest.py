@@ -18,7 +18,9 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="session")
+# Function scope on purpose: Playwright's sync API runs an event loop in this thread while it
+# is open, which would break every asyncio test that runs after it.
+@pytest.fixture
 def browser() -> Iterator[Browser]:
     chromium = require_binary("chromium")
     with sync_playwright() as playwright:
