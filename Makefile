@@ -30,5 +30,9 @@ typecheck:
 pytest:
 	CI=$${CI:-true} $(BIN)/pytest
 
+bench:  ## fan-out and idle-socket benchmarks on loopback; prints JSON
+	@bash .ci/install
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) .cache data test-artifacts .pytest_cache .mypy_cache .ruff_cache

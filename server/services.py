@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ from server.broker.base import Broker
 from server.jobs.runner import RunnerConfig
 from server.jobs.service import JobService
 from server.jobstore.base import JobStore
-from server.observability.metrics import Metrics
+from server.observability.metrics import LoopLagMonitor, Metrics
 from server.realtime.hub import Hub
 from server.settings import Settings
 from server.storage.base import Storage
@@ -29,6 +30,7 @@ class Services(msgspec.Struct, kw_only=True):
     jobs: JobService
     hub: Hub
     metrics: Metrics
+    loop_lag: LoopLagMonitor
     redis: Any = None
     """The shared redis.asyncio client, when REDIS_URL is set."""
 
@@ -153,6 +155,7 @@ def build(settings: Settings) -> Services:
         jobs=jobs,
         hub=hub,
         metrics=metrics,
+        loop_lag=LoopLagMonitor(metrics),
         redis=client,
     )
 
@@ -173,4 +176,6 @@ async def running(services: Services) -> AsyncIterator[Services]:
         stack.push_async_callback(services.broker.stop)
         await services.jobs.start()
         stack.push_async_callback(services.jobs.stop)
+        monitor = asyncio.create_task(services.loop_lag.run(), name="loop-lag")
+        stack.callback(monitor.cancel)
         yield services

@@ -67,7 +67,9 @@ async def metrics(request: Request) -> Response:
     with contextlib.suppress(Exception):
         async with asyncio.timeout(HEALTH_CHECK_TIMEOUT_S):
             services.metrics.jobs_queued.set(await services.store.queued())
-    return Response(services.metrics.render(), media_type=services.metrics.content_type)
+    body = services.metrics.render()
+    services.loop_lag.reset()
+    return Response(body, media_type=services.metrics.content_type)
 
 
 async def check(request: Request) -> Response:

@@ -59,6 +59,11 @@ class Metrics:
         self.broker_reconnects = Gauge(
             "delineate_broker_reconnects", "Times the broker's listener reconnected", registry=r
         )
+        self.loop_lag = Gauge(
+            "delineate_event_loop_lag_max_seconds",
+            "Worst lateness of a 10 ms ticker since the previous scrape",
+            registry=r,
+        )
         self.slow_consumer = Counter(
             "delineate_slow_consumer_total",
             "Slow-consumer events: progress frames coalesced, connections closed",
@@ -67,3 +72,29 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LoopLagMonitor:
+    """A 10 ms ticker: how late it wakes up is how long the event loop was blocked."""
+
+    TICK_S = 0.01
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._gauge = metrics.loop_lag
+        self._worst = 0.0
+
+    async def run(self) -> None:
+        import asyncio
+        import time
+
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.TICK_S)
+            lag = time.perf_counter() - started - self.TICK_S
+            self._worst = max(self._worst, lag)
+            self._gauge.set(self._worst)
+
+    def reset(self) -> float:
+        """The worst lag since the last reset (a scrape reads, then resets)."""
+        worst, self._worst = self._worst, 0.0
+        return worst

@@ -70,7 +70,9 @@ def test_nginx_upstreams_are_the_api_services() -> None:
 def test_prometheus_scrapes_every_api_replica() -> None:
     """Prometheus's targets are exactly the api services on their port."""
     config = yaml.safe_load((COMPOSE / "prometheus.yml").read_text())
-    targets = {t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]}
+    targets = {
+        t for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+    }
     services = {n for n in load("compose.yaml")["services"] if re.fullmatch(r"api\d+", n)}
     assert targets == {f"{name}:3000" for name in services}
 
