@@ -70,7 +70,8 @@ async def test_sse_disconnect_frees_the_connection(http: httpx.AsyncClient) -> N
     """A client that goes away mid-stream is noticed at once (not at the next keepalive)."""
     job = await initiate(http, AVAILABLE)
     async with http.stream("GET", job["streamUrl"]) as response:
-        await response.aiter_lines().__anext__()
+        lines = response.aiter_lines()  # keep a reference: a collected iterator closes the stream
+        await anext(lines)
         during = total(await scrape(http), "delineate_open_connections", transport="sse")
     await asyncio.sleep(0.5)
     after = total(await scrape(http), "delineate_open_connections", transport="sse")
