@@ -45,14 +45,13 @@ class AsyncClient:
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.token = token
         self._http = http or httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout, headers=headers
+            base_url=self.base_url, timeout=timeout, headers=self.auth_headers()
         )
         self.backoff = backoff or Backoff()
         self.transports = tuple(transports)
         self.poll_interval = poll_interval
-        self.token = token
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -127,6 +126,9 @@ class AsyncClient:
         return target
 
     # --- plumbing ------------------------------------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def ws_url(self, path: str) -> str:
         return "ws" + self.base_url.removeprefix("http") + path

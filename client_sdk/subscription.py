@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from client_sdk.errors import ConnectionFailed, DelineateError, JobFailed, JobNotFound
@@ -110,20 +110,14 @@ class Subscription:
             return self._sse()
         return self._polling()
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.client.token}"} if self.client.token else {}
-
     async def _websocket(self) -> AsyncGenerator[AnyFrame, None]:
         query = f"?since={self.last}" if self.last >= 0 else ""
         url = self.client.ws_url(f"/v1/download/subscribe/{self.job_id}{query}")
         try:
-            async with connect(url, additional_headers=self._headers(), open_timeout=10) as ws:
-                async for raw in ws:
-                    message = server_message_decoder.decode(raw)
-                    if isinstance(message, ErrorMessage):
-                        raise _job_error(message)
-                    if not isinstance(message, AckMessage | PongMessage):
-                        yield message
+            headers = self.client.auth_headers()
+            async with connect(url, additional_headers=headers, open_timeout=10) as ws:
+                async for frame in _frames_of(ws):
+                    yield frame
         except InvalidStatus as exc:
             raise TransportUnavailable(f"WebSocket upgrade refused: {exc}") from exc
         except InvalidHandshake as exc:
@@ -132,7 +126,7 @@ class Subscription:
             raise ConnectionLost(str(exc)) from exc
 
     async def _sse(self) -> AsyncGenerator[AnyFrame, None]:
-        headers = self._headers()
+        headers = self.client.auth_headers()
         if self.last >= 0:
             headers["Last-Event-ID"] = str(self.last)
         path = f"/v1/download/stream/{self.job_id}"
@@ -175,6 +169,16 @@ async def _sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
         elif line == "" and data:
             yield "\n".join(data)
             data = []
+
+
+async def _frames_of(ws: ClientConnection) -> AsyncGenerator[AnyFrame, None]:
+    """The job frames a socket carries; an error message becomes the matching exception."""
+    async for raw in ws:
+        message = server_message_decoder.decode(raw)
+        if isinstance(message, ErrorMessage):
+            raise _job_error(message)
+        if not isinstance(message, AckMessage | PongMessage):
+            yield message
 
 
 def _job_error(message: ErrorMessage) -> DelineateError:
@@ -220,20 +224,15 @@ async def follow_many(
 async def _multiplexed(
     client: AsyncClient, last: dict[str, int], open_jobs: set[str]
 ) -> AsyncGenerator[AnyFrame, None]:
-    headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
     try:
-        async with connect(client.ws_url("/v1/ws"), additional_headers=headers) as ws:
+        async with connect(client.ws_url("/v1/ws"), additional_headers=client.auth_headers()) as ws:
             for job_id in sorted(open_jobs):
                 op: dict[str, Any] = {"op": "subscribe", "jobId": job_id}
                 if last[job_id] >= 0:
                     op["since"] = last[job_id]
                 await ws.send(msgspec.json.encode(op).decode())
-            async for raw in ws:
-                message = server_message_decoder.decode(raw)
-                if isinstance(message, ErrorMessage):
-                    raise _job_error(message)
-                if not isinstance(message, AckMessage | PongMessage):
-                    yield message
+            async for frame in _frames_of(ws):
+                yield frame
     except (InvalidStatus, InvalidHandshake) as exc:
         raise TransportUnavailable(str(exc)) from exc
     except (ConnectionClosed, OSError, TimeoutError) as exc:

@@ -55,3 +55,12 @@ def start_download(page: Page, ids: str) -> str:
 def progress_of(page: Page, job_id: str) -> float:
     value: Any = page.get_attribute(f'.job[data-job-id="{job_id}"] .bar', "aria-valuenow")
     return float(value)
+
+
+def wait_for_progress(page: Page, job_id: str, *, above: float) -> None:
+    selector = f".job[data-job-id='{job_id}'] .bar"
+    page.wait_for_function(
+        "([sel, min]) => Number(document.querySelector(sel).getAttribute('aria-valuenow')) > min",
+        arg=[selector, above],
+        timeout=15_000,
+    )

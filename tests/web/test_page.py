@@ -12,7 +12,7 @@ from playwright.sync_api import Page
 
 from tests.conftest import Cluster, EdgeFactory, ReplicaFactory
 from tests.support.processes import Replica
-from tests.web.conftest import progress_of, start_download
+from tests.web.conftest import progress_of, start_download, wait_for_progress
 
 pytestmark = pytest.mark.integration
 # `page` comes last in every signature so it is torn down first: its screenshot shows the
@@ -67,11 +67,7 @@ def test_reload_mid_job_resumes_without_going_back(
     replica = replica_factory(**SLOW)
     page.goto(f"{replica.url}/app/")
     job_id = start_download(page, "70000 70007")
-    page.wait_for_function(
-        f"Number(document.querySelector(\".job[data-job-id='{job_id}'] .bar\")"
-        ".getAttribute('aria-valuenow')) >= 25",
-        timeout=15_000,
-    )
+    wait_for_progress(page, job_id, above=24)
     before = progress_of(page, job_id)
     page.reload()
     seen = [progress_of(page, job_id)]
@@ -107,11 +103,7 @@ def test_killing_the_replica_holding_the_socket_does_not_stop_the_bar(
     proxy = edge_factory([primary, spare], upstream_params={1: "backup"})
     page.goto(f"{proxy.url}/app/")
     job_id = start_download(page, "70000 70007")
-    page.wait_for_function(
-        f"Number(document.querySelector(\".job[data-job-id='{job_id}'] .bar\")"
-        ".getAttribute('aria-valuenow')) > 0",
-        timeout=15_000,
-    )
+    wait_for_progress(page, job_id, above=0)
     primary.kill()
     page.wait_for_selector(f'.job[data-job-id="{job_id}"].completed', timeout=45_000)
     assert progress_of(page, job_id) == 100
