@@ -4,7 +4,8 @@
 
 Each subscriber follows one job from seq 0 (``?since=0`` / ``Last-Event-ID: 0``), so it must
 receive every frame of its job exactly once: frames missing from 1..<terminal seq> count as
-lost, repeats as duplicates. Latency is receipt time minus the frame's ``ts`` (same machine).
+lost, repeats as duplicates. Latency is receipt time minus the frame's ``ts`` (same machine),
+for live frames only (frames emitted before the subscriber connected are replayed history).
 With ``--pid`` (repeatable) it also reports those server processes' CPU seconds and peak RSS.
 Bounded: it stops after ``--max-seconds`` whatever happens. Loopback by default; it refuses
 non-loopback URLs unless ``--allow-remote`` is given.
@@ -42,15 +43,19 @@ TERMINAL = {"completed", "failed", "cancelled"}
 class Watcher:
     """What one subscriber saw."""
 
-    __slots__ = ("duplicates", "error", "final_seq", "job_id", "latencies", "received", "seen")
+    __slots__ = (
+        "connected_ms", "duplicates", "error", "final_seq",
+        "job_id", "latencies", "received", "seen",
+    )  # fmt: skip
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
+        self.connected_ms = float("inf")
         self.seen: set[int] = set()
         self.received = 0
         self.duplicates = 0
         self.final_seq: int | None = None
-        self.latencies: list[float] = []
+        self.latencies: list[tuple[float, float]] = []  # (frame ts, latency) in ms
         self.error: str | None = None
 
     def frame(self, raw: str | bytes) -> bool:
@@ -63,7 +68,9 @@ class Watcher:
         if header.seq in self.seen:
             self.duplicates += 1
         self.seen.add(header.seq)
-        self.latencies.append(now - header.ts)
+        if header.ts >= self.connected_ms:
+            # Only live frames: replayed history was sent before this subscriber connected.
+            self.latencies.append((header.ts, now - header.ts))
         if header.type in TERMINAL:
             self.final_seq = header.seq
             return True
@@ -80,6 +87,7 @@ async def ws_subscriber(url: str, watcher: Watcher) -> None:
     try:
         async with connect(f"{url}/v1/download/subscribe/{watcher.job_id}?since=0",
                            compression=None, max_queue=None, open_timeout=30) as ws:  # fmt: skip
+            watcher.connected_ms = time.time() * 1000
             async for raw in ws:
                 if watcher.frame(raw):
                     return
@@ -93,6 +101,7 @@ async def sse_subscriber(client: httpx.AsyncClient, url: str, watcher: Watcher) 
         async with client.stream(
             "GET", f"{url}/v1/download/stream/{watcher.job_id}", headers=headers
         ) as r:
+            watcher.connected_ms = time.time() * 1000
             async for line in r.aiter_lines():
                 if line.startswith("data: ") and watcher.frame(line[6:]):
                     return
@@ -105,6 +114,13 @@ def percentile(values: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    return {
+        q: percentile(values, v)
+        for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
+    }
 
 
 def process_usage(pid: int) -> tuple[float, int]:
@@ -184,7 +200,11 @@ def summarize(
     timed_out: bool,
     before: dict[int, tuple[float, int]],
 ) -> dict[str, Any]:
-    latencies = [x for w in watchers for x in w.latencies]
+    # Steady state: frames emitted once every subscriber was connected (the ramp of thousands
+    # of handshakes and history replays is reported separately).
+    ramp_end = max((w.connected_ms for w in watchers if w.connected_ms != float("inf")), default=0)
+    steady = [lat for w in watchers for ts, lat in w.latencies if ts >= ramp_end]
+    ramp = [lat for w in watchers for ts, lat in w.latencies if ts < ramp_end]
     frames = sum(w.received for w in watchers)
     result: dict[str, Any] = {
         "subscribers": {"websocket": args.subscribers, "sse": args.sse},
@@ -193,10 +213,9 @@ def summarize(
         "timed_out": timed_out,
         "frames_delivered": frames,
         "frames_per_second": round(frames / elapsed, 1) if elapsed else 0,
-        "latency_ms": {
-            q: percentile(latencies, v)
-            for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
-        },
+        "latency_ms": quantiles(steady),
+        "latency_samples": len(steady),
+        "latency_ms_during_ramp": quantiles(ramp),
         "lost_frames": sum(w.lost for w in watchers),
         "duplicate_frames": sum(w.duplicates for w in watchers),
         "unfinished_subscribers": sum(w.final_seq is None for w in watchers),
