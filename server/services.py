@@ -14,6 +14,7 @@ from server.jobs.runner import RunnerConfig
 from server.jobs.service import JobService
 from server.jobstore.base import JobStore
 from server.observability.metrics import LoopLagMonitor, Metrics
+from server.realtime.admission import ConnectionCap
 from server.realtime.hub import Hub
 from server.settings import Settings
 from server.storage.base import Storage
@@ -31,6 +32,7 @@ class Services(msgspec.Struct, kw_only=True):
     hub: Hub
     metrics: Metrics
     loop_lag: LoopLagMonitor
+    connections: ConnectionCap
     redis: Any = None
     """The shared redis.asyncio client, when REDIS_URL is set."""
 
@@ -156,6 +158,7 @@ def build(settings: Settings) -> Services:
         hub=hub,
         metrics=metrics,
         loop_lag=LoopLagMonitor(metrics),
+        connections=ConnectionCap(settings.max_sockets_per_ip, settings.trusted_proxy_list),
         redis=client,
     )
 

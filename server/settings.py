@@ -83,6 +83,8 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     outbox_limit: Annotated[int, msgspec.Meta(ge=8)] = 256
     max_ws_message_bytes: Annotated[int, msgspec.Meta(ge=256)] = 4_096
     max_subscriptions_per_socket: Annotated[int, msgspec.Meta(ge=1)] = 100
+    max_sockets_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 200
+    """WebSocket + SSE connections one client address may hold on one replica."""
 
     log_format: Annotated[str, msgspec.Meta(pattern="^(json|text)$")] = "json"
 

@@ -63,8 +63,16 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, hub: Hub, watch: Watch, session: Session, *, keepalive_s: float, retry_ms: int
+        self,
+        hub: Hub,
+        watch: Watch,
+        session: Session,
+        held: contextlib.ExitStack,
+        *,
+        keepalive_s: float,
+        retry_ms: int,
     ) -> None:
+        self._held = held
         super().__init__(headers=SSE_HEADERS, media_type=self.media_type)
         # Response assumed an empty body; a stream has no length.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
@@ -72,7 +80,7 @@ class EventStream(Response):
         self._keepalive_s, self._retry_ms = keepalive_s, retry_ms
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with self._session.open("sse.stream"):
+        with self._held, self._session.open("sse.stream"):
             await self._stream(receive, send)
 
     async def _stream(self, receive: Receive, send: Send) -> None:
@@ -122,13 +130,20 @@ async def stream(request: Request) -> Response:
     """GET /v1/download/stream/{job_id}: the job's frames as an event stream."""
     services = services_of(request)
     outbox = Outbox(services.settings.outbox_limit)
-    watch = await services.hub.watch(job_id_param(request), resume_point(request), outbox)
+    held = contextlib.ExitStack()
+    held.enter_context(services.connections.hold(request))  # 429 past the per-address cap
+    try:
+        watch = await services.hub.watch(job_id_param(request), resume_point(request), outbox)
+    except BaseException:
+        held.close()
+        raise
     settings = services.settings
     session = Session(services.metrics, "sse", outbox)
     return EventStream(
         services.hub,
         watch,
         session,
+        held,
         keepalive_s=settings.sse_keepalive_s,
         retry_ms=settings.sse_retry_ms,
     )

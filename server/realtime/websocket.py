@@ -12,8 +12,9 @@
 A bad op gets an ``error`` message naming the problem, and the socket stays open.
 
 Close codes: 1000 done; 1008 malformed request; 1009 message too big (uvicorn);
-1011 server error; 1013 slow consumer (the outbox overflowed: reconnect with ``since``);
-4404 unknown job (after an ``error`` message saying so).
+1011 server error; 1013 slow consumer (the outbox overflowed: reconnect with ``since``) or
+too many sockets from one address; 4404 unknown job (after an ``error`` message saying so).
+A handshake from an Origin outside CORS_ORIGINS is refused with HTTP 403.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.api.params import job_id_param, services_of
-from server.errors import DelineateError
+from server.errors import DelineateError, RateLimited
 from server.frames import (
     AckMessage,
     AnyOp,
@@ -39,6 +41,7 @@ from server.frames import (
     encoder,
     op_decoder,
 )
+from server.realtime.admission import origin_allowed
 from server.realtime.hub import Hub, Watch
 from server.realtime.outbox import CONTROL_SEQ, Outbox, Outgoing
 from server.realtime.session import Session
@@ -47,6 +50,7 @@ from server.realtime.sse import parse_since
 log = logging.getLogger("delineate.ws")
 
 CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
 CLOSE_SLOW_CONSUMER = 1013
 SLOW_CONSUMER_REASON = "slow consumer: reconnect with since=<last seq>"
 
@@ -83,10 +87,39 @@ async def _first_done(*aws: asyncio.Future[None] | asyncio.Task[None]) -> None:
             raise exc
 
 
+@contextlib.asynccontextmanager
+async def admitted(ws: WebSocket) -> AsyncIterator[bool]:
+    """Accept the socket if its Origin and its address's connection count allow it.
+
+    A foreign Origin is refused before the handshake completes (HTTP 403); an address over
+    its cap gets an error message and close 1013 (try again later)."""
+    services = services_of(ws)
+    if not origin_allowed(ws, services.settings):
+        await ws.close(CLOSE_POLICY)
+        yield False
+        return
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(services.connections.hold(ws))
+        except RateLimited as exc:
+            await ws.accept()
+            await ws.send_text(error_item(exc.code, exc.message).text)
+            await _close(ws, CLOSE_SLOW_CONSUMER, exc.message)
+            yield False
+            return
+        await ws.accept()
+        yield True
+
+
 async def subscribe_one(ws: WebSocket) -> None:
     """WS /v1/download/subscribe/{job_id}[?since=SEQ]"""
+    async with admitted(ws) as ok:
+        if ok:
+            await _subscribe_one(ws)
+
+
+async def _subscribe_one(ws: WebSocket) -> None:
     services = services_of(ws)
-    await ws.accept()
     outbox = Outbox(services.settings.outbox_limit)
     session = Session(services.metrics, "websocket", outbox)
     with session.open("ws.subscribe"):
@@ -117,8 +150,13 @@ async def _write_one(ws: WebSocket, outbox: Outbox, session: Session) -> None:
 
 async def multiplexed(ws: WebSocket) -> None:
     """WS /v1/ws: many jobs, one socket."""
+    async with admitted(ws) as ok:
+        if ok:
+            await _multiplexed(ws)
+
+
+async def _multiplexed(ws: WebSocket) -> None:
     services = services_of(ws)
-    await ws.accept()
     settings = services.settings
     outbox = Outbox(settings.outbox_limit)
     session = Session(services.metrics, "websocket", outbox)

@@ -1,0 +1,47 @@
+"""Who may open a real-time connection: the Origin check and the per-address cap.
+
+Browsers send ``Origin`` on WebSocket handshakes but cannot be stopped by CORS there, so a
+page on another site could open sockets with the user's cookies (cross-site WebSocket
+hijacking). With CORS_ORIGINS restricted, a handshake from another origin is refused (403).
+Clients without an Origin (SDK, wscat) are not browsers and pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+
+from starlette.requests import HTTPConnection
+
+from server.edge import client_ip
+from server.errors import RateLimited
+from server.settings import Settings
+
+
+def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
+    origin = conn.headers.get("origin")
+    if origin is None or settings.cors_origins.strip() == "*":
+        return True
+    return origin in settings.cors_origin_list
+
+
+class ConnectionCap:
+    """At most ``limit`` open real-time connections per client address (on this replica)."""
+
+    def __init__(self, limit: int, trusted_proxies: list[str] | None) -> None:
+        self.limit, self.trusted_proxies = limit, trusted_proxies
+        self._open: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, conn: HTTPConnection) -> Iterator[None]:
+        address = client_ip(conn.scope, self.trusted_proxies)
+        if self._open[address] >= self.limit:
+            raise RateLimited(f"at most {self.limit} live connections per address")
+        self._open[address] += 1
+        try:
+            yield
+        finally:
+            self._open[address] -= 1
+            if not self._open[address]:
+                del self._open[address]
