@@ -52,7 +52,8 @@ async def test_metrics_move_as_a_job_runs(http: httpx.AsyncClient, server: Repli
     )
     assert sent >= len(watched.frames)
     finished = total(after, "delineate_jobs_finished_total", status="completed")
-    assert finished == total(before, "delineate_jobs_finished_total", status="completed") + 1
+    # >=: jobs other tests left running on the shared server may finish meanwhile.
+    assert finished >= total(before, "delineate_jobs_finished_total", status="completed") + 1
     assert total(after, "delineate_job_duration_seconds_count") >= 1
     assert total(after, "delineate_fanout_delay_seconds_count") >= len(watched.frames)
     assert total(after, "http_requests_total", path="/v1/download/initiate", status="202") >= 1
