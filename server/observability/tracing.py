@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 TRACER_NAME = "delineate"
@@ -22,22 +22,19 @@ VERSION = "1.0.0"
 _provider: TracerProvider | None = None
 
 
-def setup(endpoint: str | None, replica_id: str, processor: SpanProcessor | None = None) -> None:
-    """Install a tracer provider when there is somewhere to send spans (or a test processor)."""
+def setup(endpoint: str | None, replica_id: str) -> None:
+    """Install a tracer provider when there is somewhere to send spans."""
     global _provider
-    if _provider is not None or (endpoint is None and processor is None):
+    if _provider is not None or endpoint is None:
         return
     resource = Resource.create(
         {"service.name": "delineate", "service.version": VERSION, "service.instance.id": replica_id}
     )
     provider = TracerProvider(resource=resource)
-    if endpoint is not None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        url = endpoint.rstrip("/") + "/v1/traces"
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
-    if processor is not None:
-        provider.add_span_processor(processor)
+    url = endpoint.rstrip("/") + "/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
     trace.set_tracer_provider(provider)
     _provider = provider
 
