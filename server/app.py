@@ -20,6 +20,12 @@ from server.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
+    """The ASGI app (``uvicorn --factory server.app:create_app`` works too)."""
+    return build(settings)[0]
+
+
+def build(settings: Settings | None = None) -> tuple[ASGIApp, services_module.Services]:
+    """The app and the replica's services (the server drains them on SIGTERM)."""
     settings = settings or Settings.from_env()
     tracing.setup(settings.otel_exporter_otlp_endpoint, settings.replica_id)
     sentry_on = sentry.setup(settings.sentry_dsn, settings.replica_id)
@@ -53,4 +59,4 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     )
     edge = Telemetry(edge, metrics=services.metrics, route_of=route_of, sentry=sentry_on)
     cors = None if settings.cors_origins == "*" else settings.cors_origin_list
-    return EdgeHeaders(edge, cors_origins=cors)
+    return EdgeHeaders(edge, cors_origins=cors), services

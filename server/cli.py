@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
+from typing import TYPE_CHECKING
 
 from server.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from server.services import Services
 
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.app import create_app
+    from server import app as app_module
     from server.observability import logs
 
     settings = _settings_or_exit()
+    app, services = app_module.build(settings)
     host = args.host or settings.host
     port = args.port or settings.port
     logs.configure(settings.log_format)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         loop="auto",
@@ -35,7 +41,7 @@ def serve(args: argparse.Namespace) -> int:
         log_config=None,  # keep the logging set up above
         proxy_headers=False,
     )
-    uvicorn.Server(config).run()
+    draining_server_class()(config, services).run()
     return 0
 
 
@@ -94,6 +100,23 @@ def _settings_or_exit() -> Settings:
     except SettingsError as exc:
         print(f"delineate: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+
+
+def draining_server_class() -> type:
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, draining the replica before it waits for connections to close."""
+
+        def __init__(self, config: uvicorn.Config, services: Services) -> None:
+            super().__init__(config)
+            self.services = services
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await self.services.drain()
+            await super().shutdown(sockets)
+
+    return DrainingServer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,17 @@ class Services(msgspec.Struct, kw_only=True):
     metrics: Metrics
     loop_lag: LoopLagMonitor
     connections: ConnectionCap
+    draining: asyncio.Event = msgspec.field(default_factory=asyncio.Event)
+    """Set on SIGTERM: streams end so clients reconnect to another replica."""
     redis: Any = None
     """The shared redis.asyncio client, when REDIS_URL is set."""
+
+    async def drain(self) -> None:
+        """SIGTERM, before connections close: end event streams (clients resume elsewhere with
+        Last-Event-ID; uvicorn closes WebSockets with 1012) and hand running jobs back to the
+        queue at once, so another replica continues them without waiting for a lease."""
+        self.draining.set()
+        await self.jobs.stop()
 
     def health_checks(self) -> dict[str, Awaitable[bool]]:
         """One check per dependency; the embedded backends have nothing to check but storage."""

@@ -68,11 +68,13 @@ class EventStream(Response):
         watch: Watch,
         session: Session,
         held: contextlib.ExitStack,
+        draining: asyncio.Event,
         *,
         keepalive_s: float,
         retry_ms: int,
     ) -> None:
-        self._held = held
+        self._held, self._draining = held, draining
+        self._started = False
         super().__init__(headers=SSE_HEADERS, media_type=self.media_type)
         # Response assumed an empty body; a stream has no length.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
@@ -86,20 +88,24 @@ class EventStream(Response):
     async def _stream(self, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
         gone = asyncio.ensure_future(_wait_disconnect(receive))
+        drain = asyncio.ensure_future(self._draining.wait())
         try:
-            await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({pump, gone, drain}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._hub.unwatch(self._watch)
-            for task in (pump, gone):
+            for task in (pump, gone, drain):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await pump
-        if pump.done() and not pump.cancelled() and pump.exception() is None:
+        finished = pump.done() and not pump.cancelled() and pump.exception() is None
+        if finished or (self._started and self._draining.is_set()):
+            # End the response cleanly; on a drain, EventSource reconnects elsewhere.
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        self._started = True
         await _body(send, format_retry(self._retry_ms))
         outbox = self._watch.outbox
         while True:
@@ -144,6 +150,7 @@ async def stream(request: Request) -> Response:
         watch,
         session,
         held,
+        services.draining,
         keepalive_s=settings.sse_keepalive_s,
         retry_ms=settings.sse_retry_ms,
     )

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import json
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from client_sdk import AsyncClient, Backoff
 from server.storage import demo
-from tests.conftest import Cluster
+from tests.conftest import Cluster, EdgeFactory
 from tests.support.clients import (
     AVAILABLE,
     assert_strictly_increasing,
@@ -237,3 +239,43 @@ async def test_cancel_and_idempotency_work_from_any_replica(cluster: Cluster) ->
         frames = await ws_collect(f"{a.ws_url}/v1/download/subscribe/{first['jobId']}?since=0")
     assert frames.frames[-1]["type"] == "cancelled"
     assert [f["type"] for f in frames.frames].count("cancelled") == 1
+
+
+async def test_sigterm_drains_the_replica_and_the_job_moves_on(
+    cluster: Cluster, edge_factory: EdgeFactory
+) -> None:
+    """SIGTERM: the replica ends its streams and hands its job back at once (no lease wait);
+    another replica finishes it; watchers through nginx see every frame once."""
+    replicas = cluster(
+        2, JOB_LEASE_MS="60000", DOWNLOAD_DELAY_MIN_MS="5000", DOWNLOAD_DELAY_MAX_MS="5000"
+    )
+    proxy = edge_factory(replicas)
+    async with AsyncClient(proxy.url, backoff=Backoff(base=0.05, cap=0.5)) as client:
+        job = await client.initiate(AVAILABLE)
+        watchers = [
+            asyncio.ensure_future(_collect(client, job.job_id, transports))
+            for transports in (("websocket",), ("sse",), ("websocket",), ("sse",))
+        ]
+        running = await client.status(job.job_id)
+        while running.worker is None:
+            running = await client.status(job.job_id)
+        victim = next(r for r in replicas if r.name == running.worker)
+        await asyncio.sleep(1.0)
+        started = time.monotonic()
+        await asyncio.to_thread(victim.stop)  # SIGTERM, then wait for the exit
+        stopped_in = time.monotonic() - started
+        results = await asyncio.wait_for(asyncio.gather(*watchers), 40)
+        final = await client.status(job.job_id)
+    assert stopped_in < 5  # streams did not hold the shutdown for the 10 s grace period
+    assert final.status.value == "completed"
+    assert final.worker != victim.name  # continued at once, not after the 60 s lease
+    for frames in results:
+        assert_strictly_increasing([f.seq for f in frames])
+        assert [type(f).__name__ for f in frames].count("CompletedFrame") == 1
+
+
+async def _collect(client: AsyncClient, job_id: str, transports: tuple[str, ...]) -> list[Any]:
+    from client_sdk.subscription import Subscription
+
+    sub = Subscription(client, job_id, None, False, transports)
+    return [frame async for frame in sub.frames()]
