@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,10 @@ from server.frames import (
 if TYPE_CHECKING:
     from client_sdk.client import AsyncClient
 
+log = logging.getLogger("delineate.sdk")
 TERMINAL_TYPES = frozenset({"completed", "failed", "cancelled"})
 MAX_FAILURES = 10
+FALLBACK_AFTER = 3
 
 
 class TransportUnavailable(Exception):
@@ -79,12 +82,13 @@ class Subscription:
     async def frames(self) -> AsyncGenerator[AnyFrame, None]:
         transports = list(self.transports)
         failures = 0
+        delivered = False  # has the current transport ever worked for this subscription?
         while transports:
             self.transport = transports[0]
             try:
                 async with contextlib.aclosing(self._open(self.transport)) as stream:
                     async for frame in stream:
-                        failures = 0
+                        failures, delivered = 0, True
                         if frame.seq <= self.last:
                             continue
                         self.last = frame.seq
@@ -95,9 +99,22 @@ class Subscription:
                 raise ConnectionLost("the stream ended before the job did")
             except TransportUnavailable:
                 transports.pop(0)
+                delivered = False
                 continue
-            except ConnectionLost:
+            except ConnectionLost as exc:
                 failures += 1
+                if not delivered and failures >= FALLBACK_AFTER and len(transports) > 1:
+                    # Never worked here and keeps failing: try the next transport.
+                    transports.pop(0)
+                    failures = 0
+                    continue
+                log.info(
+                    "job %s: %s connection lost (%s); retry %d",
+                    self.job_id,
+                    self.transport,
+                    exc,
+                    failures,
+                )
                 if failures > MAX_FAILURES:
                     raise ConnectionFailed(f"gave up following {self.job_id}") from None
                 await asyncio.sleep(self.client.backoff.delay(failures - 1))
@@ -119,6 +136,8 @@ class Subscription:
                 async for frame in _frames_of(ws):
                     yield frame
         except InvalidStatus as exc:
+            if exc.response.status_code >= 500:  # a replica restarting: retry, same transport
+                raise ConnectionLost(f"WebSocket upgrade failed: {exc}") from exc
             raise TransportUnavailable(f"WebSocket upgrade refused: {exc}") from exc
         except InvalidHandshake as exc:
             raise TransportUnavailable(f"WebSocket handshake failed: {exc}") from exc
@@ -148,6 +167,8 @@ class Subscription:
         body = await response.aread()
         if response.status_code == 404 and b"requestId" in body:
             raise JobNotFound(404, msgspec.json.decode(body))
+        if response.status_code in (429, 500, 502, 503, 504):
+            raise ConnectionLost(f"event stream failed (HTTP {response.status_code})")
         raise TransportUnavailable(f"event stream unavailable (HTTP {response.status_code})")
 
     async def _polling(self) -> AsyncGenerator[AnyFrame, None]:
@@ -233,7 +254,11 @@ async def _multiplexed(
                 await ws.send(msgspec.json.encode(op).decode())
             async for frame in _frames_of(ws):
                 yield frame
-    except (InvalidStatus, InvalidHandshake) as exc:
+    except InvalidStatus as exc:
+        if exc.response.status_code >= 500:
+            raise ConnectionLost(str(exc)) from exc
+        raise TransportUnavailable(str(exc)) from exc
+    except InvalidHandshake as exc:
         raise TransportUnavailable(str(exc)) from exc
     except (ConnectionClosed, OSError, TimeoutError) as exc:
         raise ConnectionLost(str(exc)) from exc

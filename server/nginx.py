@@ -23,7 +23,7 @@ NO_WEBSOCKET = """        location ~ ^/v1/(ws$|download/subscribe/) {
         }
 """
 NO_SSE = """        location ~ ^/v1/download/stream/ {
-            return 502;
+            return 403;
         }
 """
 
@@ -48,9 +48,7 @@ def render(config: NginxConfig, template: str | None = None) -> str:
     text = TEMPLATE.read_text() if template is None else template
     extra = ("" if config.websocket else NO_WEBSOCKET) + ("" if config.sse else NO_SSE)
     values = {
-        "UPSTREAMS": "\n".join(
-            f"        server {u} max_fails=1 fail_timeout=2s;" for u in config.upstreams
-        ),
+        "UPSTREAMS": "\n".join(f"        server {u} max_fails=0;" for u in config.upstreams),
         "LISTEN": config.listen,
         "PREFIX": config.prefix,
         "STREAM_TIMEOUT": config.stream_timeout,

@@ -28,6 +28,7 @@ from tests.support.clients import (
     wait_status,
     ws_collect,
 )
+from tests.support.processes import Replica
 from tests.support.services import Backend, SeaweedS3
 
 pytestmark = pytest.mark.integration
@@ -279,3 +280,38 @@ async def _collect(client: AsyncClient, job_id: str, transports: tuple[str, ...]
 
     sub = Subscription(client, job_id, None, False, transports)
     return [frame async for frame in sub.frames()]
+
+
+async def test_rolling_restart_loses_no_job_and_no_frame(
+    cluster: Cluster, edge_factory: EdgeFactory, redis_backend: Backend
+) -> None:
+    """Restart every replica in turn (SIGTERM, then a new process on the same port) while 50
+    jobs run and 500 clients watch through nginx: every client gets every frame once."""
+    env = {"JOB_LEASE_MS": "3000", "DOWNLOAD_DELAY_MIN_MS": "6000", "DOWNLOAD_DELAY_MAX_MS": "8000",
+           "MAX_SOCKETS_PER_IP": "5000"}  # fmt: skip
+    replicas = cluster(3, **env)
+    proxy = edge_factory(replicas, conn_per_ip=5000)  # all 500 clients share one address here
+    restarted: list[Replica] = []
+    try:
+        async with AsyncClient(proxy.url, backoff=Backoff(base=0.1, cap=1.0)) as client:
+            jobs = [await client.initiate([AVAILABLE[i % 3]]) for i in range(50)]
+            watchers = [
+                asyncio.ensure_future(_collect(client, jobs[i % 50].job_id, ("websocket", "sse")))
+                for i in range(500)
+            ]
+            await asyncio.sleep(1.5)
+            for old in replicas:
+                await asyncio.to_thread(old.stop)
+                fresh = Replica(f"{old.name}-again", {**redis_backend.env(), **env},
+                                redis_backend.tmp, port=old.port)  # fmt: skip
+                restarted.append(fresh)
+                await asyncio.to_thread(fresh.start)
+            results = await asyncio.wait_for(asyncio.gather(*watchers), 90)
+            finals = [await client.status(job.job_id) for job in jobs]
+    finally:
+        for fresh in restarted:
+            fresh.stop()
+    assert {f.status.value for f in finals} == {"completed"}
+    for frames in results:
+        assert_strictly_increasing([f.seq for f in frames])
+        assert [type(f).__name__ for f in frames].count("CompletedFrame") == 1

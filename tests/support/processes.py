@@ -42,8 +42,10 @@ def started(process: stack.Managed) -> stack.Managed:
 class Replica(stack.Replica):
     """A real server process with the test defaults (~1 s jobs, no rate limit to speak of)."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
-        super().__init__(name, {**TEST_ENV, **env}, log_dir)
+    def __init__(
+        self, name: str, env: dict[str, str], log_dir: Path, port: int | None = None
+    ) -> None:
+        super().__init__(name, {**TEST_ENV, **env}, log_dir, port)
 
     def start(self) -> None:
         try:
