@@ -32,10 +32,6 @@ def setup(dsn: str | None, replica_id: str) -> bool:
     return True
 
 
-def enabled() -> bool:
-    return _enabled
-
-
 def capture_job_error(exc: BaseException, tags: dict[str, str | None]) -> None:
     """Report a background job's crash, which happens outside any request."""
     if not _enabled:

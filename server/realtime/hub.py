@@ -60,10 +60,6 @@ class Hub:
         self._channels: dict[str, _Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def watches(self) -> int:
-        return sum(len(c.watches) for c in self._channels.values())
-
     def deliver(self, job_id: str, payload: bytes) -> None:
         """Broker callback: one frame for every local watcher of ``job_id``."""
         channel = self._channels.get(job_id)

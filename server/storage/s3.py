@@ -159,10 +159,6 @@ class S3Storage(Storage):
             return False
         return True
 
-    async def put(self, key: str, data: bytes) -> None:
-        """Upload a small object in one request (seeding demo files)."""
-        await self._call(f"put {key}", self._s3.put_object, Bucket=self.bucket, Key=key, Body=data)
-
 
 class _MultipartWriter(ObjectWriter):
     def __init__(self, storage: S3Storage, key: str, upload_id: str) -> None:
