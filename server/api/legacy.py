@@ -24,6 +24,7 @@ from server.api.schemas import (
     StartResponse,
 )
 from server.errors import StorageError
+from server.storage.base import ObjectInfo, Storage
 from server.storage.keys import source_key
 
 HEALTH_CHECK_TIMEOUT_S = 2.0
@@ -61,6 +62,14 @@ async def _within_timeout(check: Awaitable[bool]) -> bool:
         return False
 
 
+async def head_or_none(storage: Storage, key: str) -> ObjectInfo | None:
+    """The contract's rule: any storage error reads as "not available", never a 500."""
+    try:
+        return await storage.head(key)
+    except StorageError:
+        return None
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus text; the queue length is read now (it lives in the job store)."""
     services = services_of(request)
@@ -77,10 +86,7 @@ async def check(request: Request) -> Response:
     if request.query_params.get("sentry_test") == "true":
         raise RuntimeError("Sentry test error: POST /v1/download/check?sentry_test=true")
     key = source_key(body.file_id)
-    try:
-        info = await services_of(request).storage.head(key)
-    except StorageError:
-        info = None  # the contract: any storage error reads as "not available", never a 500
+    info = await head_or_none(services_of(request).storage, key)
     return JSONResponse(
         CheckResponse(
             file_id=body.file_id,
@@ -101,10 +107,7 @@ async def start(request: Request) -> Response:
         low, high = settings.download_delay_min_ms, settings.download_delay_max_ms
         await asyncio.sleep(random.uniform(low, high) / 1000)
     key = source_key(body.file_id)
-    try:
-        info = await services.storage.head(key)
-    except StorageError:
-        info = None
+    info = await head_or_none(services.storage, key)
     url = None
     if info is not None:
         link = await services.storage.presign(key, settings.download_url_ttl_s)

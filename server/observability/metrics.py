@@ -37,6 +37,7 @@ class Metrics:
         self.frames_sent = Counter(
             "delineate_frames_sent_total", "Messages written to sockets", ["type"], registry=r
         )
+        self._frames_by_type: dict[str, Counter] = {}
         self.fanout_delay = Histogram(
             "delineate_fanout_delay_seconds",
             "From a frame's ts to the moment it is written to a socket",
@@ -69,6 +70,13 @@ class Metrics:
             "Slow-consumer events: progress frames coalesced, connections closed",
             ["action"], registry=r,
         )  # fmt: skip
+
+    def frames_sent_of(self, frame_type: str) -> Counter:
+        """The per-type child, looked up once: it is incremented for every socket write."""
+        child = self._frames_by_type.get(frame_type)
+        if child is None:
+            child = self._frames_by_type[frame_type] = self.frames_sent.labels(frame_type)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

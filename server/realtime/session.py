@@ -18,12 +18,11 @@ class Session:
     def __init__(self, metrics: Metrics, transport: str, outbox: Outbox) -> None:
         self.metrics, self.transport, self.outbox = metrics, transport, outbox
         self.frames = 0
-        self._sent = metrics.frames_sent
         self._delay = metrics.fanout_delay
 
     def sent(self, item: Outgoing) -> None:
         self.frames += 1
-        self._sent.labels(item.type).inc()
+        self.metrics.frames_sent_of(item.type).inc()
         if item.ts:
             self._delay.observe(max(0.0, time.time() - item.ts / 1000))
 
