@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 from server import services as services_module
 from server.api.responses import handle_delineate_error, handle_http_exception, handle_unexpected
 from server.api.routes import build_routes, openapi_document, route_of
+from server.auth import Authenticate
 from server.edge import EdgeHeaders, RateLimit, Timeout
 from server.errors import DelineateError
 from server.observability import sentry, tracing
@@ -51,10 +52,12 @@ def build(settings: Settings | None = None) -> tuple[ASGIApp, services_module.Se
     app.state.services = services
     app.state.openapi = openapi_document()
     edge: ASGIApp = Timeout(app, timeout_ms=settings.request_timeout_ms)
+    edge = Authenticate(edge, authenticator=services.auth)
     edge = RateLimit(
         edge,
         limit=settings.rate_limit_max_requests,
         window_ms=settings.rate_limit_window_ms,
+        limiter=services.limiter,
         trusted_proxies=settings.trusted_proxy_list,
     )
     edge = Telemetry(edge, metrics=services.metrics, route_of=route_of, sentry=sentry_on)

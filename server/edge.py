@@ -18,7 +18,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.responses import error_body
-from server.ratelimit import FixedWindowLimiter
+from server.ratelimit import FixedWindowLimiter, Limiter
 
 _PRINTABLE_ID = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,127}$")
 
@@ -154,12 +154,13 @@ class RateLimit:
         *,
         limit: int,
         window_ms: int,
+        limiter: Limiter | None = None,
         trusted_proxies: list[str] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.trusted_proxies = trusted_proxies
-        self.limiter = FixedWindowLimiter(limit, window_ms / 1000)
+        self.limiter = limiter or FixedWindowLimiter(limit, window_ms / 1000)
         self.policy = f"{limit};w={window_ms // 1000}".encode()
         self._clock = clock
 
@@ -167,7 +168,7 @@ class RateLimit:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        decision = self.limiter.hit(client_ip(scope, self.trusted_proxies), self._clock())
+        decision = await self.limiter.hit(client_ip(scope, self.trusted_proxies), self._clock())
         headers = [
             (b"ratelimit-policy", self.policy),
             (b"ratelimit-limit", str(decision.limit).encode()),

@@ -3,10 +3,12 @@
     DelineateError (500, 1011)
     ├── BadRequest (400, 1008)            malformed input: body, id, query, WebSocket op
     │   └── UnsupportedMediaType (415)
+    ├── Unauthorized (401, 4401)          auth is on and the credential is missing or wrong
     ├── NotFound (404, 4404)              unknown job (or one the caller may not see)
     ├── Conflict (409, 4409)              idempotency key reuse, job not finished, job finished
     ├── Forbidden (403, 4403)             tampered or expired download link
-    ├── RateLimited (429, 1013)
+    ├── PayloadTooLarge (422)             the files asked for exceed MAX_BUNDLE_BYTES
+    ├── RateLimited (429, 1013)           request rate, sockets per address, active jobs
     ├── GatewayTimeout (504, 1011)
     ├── BackendUnavailable (503, 1013)    Redis unreachable: retry
     └── StorageError (503, 1011)          the object store failed (permanently)
@@ -45,6 +47,16 @@ class BadRequest(DelineateError):
 
 class UnsupportedMediaType(BadRequest):
     status, code = 415, "unsupported_media_type"
+
+
+class Unauthorized(DelineateError):
+    status, close_code, code = 401, 4401, "unauthorized"
+
+
+class PayloadTooLarge(DelineateError):
+    """The request asks for more than a setting allows (the bundle would be too big)."""
+
+    status, close_code, code = 422, 1008, "bundle_too_large"
 
 
 class NotFound(DelineateError):

@@ -84,7 +84,7 @@ def compose_config() -> NginxConfig:
         listen="80",
         prefix="/tmp",
         worker_processes="auto",
-        access_log="/dev/stdout",
+        access_log="/dev/stdout delineate",
     )
 
 

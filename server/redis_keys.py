@@ -35,3 +35,12 @@ def idempotency(key: str) -> str:
 
 def job_id_of_channel(channel: str) -> str:
     return channel.split(":")[2]
+
+
+def rate_window(client: str, window_start_ms: int) -> str:
+    return f"{PREFIX}:ratelimit:{client}:{window_start_ms}"
+
+
+def active_jobs(owner: str) -> str:
+    """Sorted set of an owner's unfinished jobs (score: when the entry lapses, epoch ms)."""
+    return f"{PREFIX}:active:{owner}"

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from server.auth import Authenticator
 from server.broker.base import Broker
 from server.jobs.runner import RunnerConfig
 from server.jobs.service import JobService
 from server.jobstore.base import JobStore
 from server.observability.metrics import LoopLagMonitor, Metrics
+from server.ratelimit import FixedWindowLimiter, Limiter
 from server.realtime.admission import ConnectionCap
 from server.realtime.hub import Hub
 from server.settings import Settings
@@ -33,6 +35,9 @@ class Services(msgspec.Struct, kw_only=True):
     metrics: Metrics
     loop_lag: LoopLagMonitor
     connections: ConnectionCap
+    auth: Authenticator
+    limiter: Limiter
+    """The HTTP rate limit's counter (in Redis when REDIS_URL is set, shared by replicas)."""
     draining: asyncio.Event = msgspec.field(default_factory=asyncio.Event)
     """Set on SIGTERM: streams end so clients reconnect to another replica."""
     redis: Any = None
@@ -132,6 +137,15 @@ def build_store(settings: Settings, client: aioredis.Redis | None) -> JobStore:
     return MemoryJobStore(retention_s=settings.job_retention_s)
 
 
+def build_limiter(settings: Settings, client: aioredis.Redis | None) -> Limiter:
+    window_s = settings.rate_limit_window_ms / 1000
+    if client is not None:
+        from server.redis_ratelimit import RedisWindowLimiter
+
+        return RedisWindowLimiter(client, settings.rate_limit_max_requests, window_s)
+    return FixedWindowLimiter(settings.rate_limit_max_requests, window_s)
+
+
 def build(settings: Settings) -> Services:
     client = redis_client(settings) if settings.redis_url else None
     storage = build_storage(settings)
@@ -145,6 +159,7 @@ def build(settings: Settings) -> Services:
         replica_id=settings.replica_id,
         max_attempts=settings.job_max_attempts,
         retry_base_s=settings.job_retry_base_ms / 1000,
+        max_bundle_bytes=settings.max_bundle_bytes,
     )
     metrics = Metrics()
     jobs = JobService(
@@ -154,6 +169,7 @@ def build(settings: Settings) -> Services:
         config=config,
         concurrency=settings.job_concurrency,
         metrics=metrics,
+        max_active_per_owner=settings.max_active_jobs_per_owner,
     )
     hub = Hub(broker, jobs.snapshot)
     metrics.jobs_running.set_function(lambda: jobs.running)
@@ -168,6 +184,8 @@ def build(settings: Settings) -> Services:
         metrics=metrics,
         loop_lag=LoopLagMonitor(metrics),
         connections=ConnectionCap(settings.max_sockets_per_ip, settings.trusted_proxy_list),
+        auth=Authenticator(settings),
+        limiter=build_limiter(settings, client),
         redis=client,
     )
 

@@ -86,6 +86,26 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     max_sockets_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 200
     """WebSocket + SSE connections one client address may hold on one replica."""
 
+    idle_socket_timeout_s: Seconds = 30.0
+    """A multiplexed socket that follows no job for this long is closed (4408)."""
+    slow_consumer_deadline_s: Seconds = 10.0
+    """A connection whose outbox stays full this long is closed (1013; resume with since)."""
+
+    # --- who may see what (auth is off unless API_KEYS or JWT_SECRET is set) ---
+    api_keys: str = ""
+    """Comma-separated `owner:key` pairs; a request presents the key as `X-API-Key: key` or
+    `Authorization: Bearer key` and acts as `owner`."""
+    jwt_secret: str = ""
+    """HS256 key: `Authorization: Bearer <jwt>` acts as the token's `sub`."""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    stream_token_ttl_s: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 300
+    max_active_jobs_per_owner: Annotated[int, msgspec.Meta(ge=0)] = 100
+    """Unfinished (queued or processing) jobs one owner (or, without auth, one client
+    address) may have at once; 0 = no cap."""
+    max_bundle_bytes: Annotated[int, msgspec.Meta(ge=0)] = 5 * 1024**3
+    """Largest total size of the files one job may bundle; 0 = no cap."""
+
     log_format: Annotated[str, msgspec.Meta(pattern="^(json|text)$")] = "json"
 
     def __post_init__(self) -> None:
@@ -95,8 +115,22 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
             raise ValueError("CORS_ORIGINS must be `*` or comma-separated origins")
         if not self.replica_id:
             self.replica_id = f"{socket.gethostname()}-{os.getpid()}"
+        if self.auth_enabled and self.redis_url and not self.url_signing_secret:
+            # Stream tokens (and local links) are signed with it and checked by any replica.
+            raise ValueError("URL_SIGNING_SECRET must be set when auth is on and REDIS_URL is")
         if not self.url_signing_secret:
             self.url_signing_secret = secrets.token_urlsafe(32)
+        for pair in self.api_key_pairs:
+            if ":" not in pair or not all(part.strip() for part in pair.split(":", 1)):
+                raise ValueError("API_KEYS must be comma-separated `owner:key` pairs")
+
+    @property
+    def api_key_pairs(self) -> list[str]:
+        return [p.strip() for p in self.api_keys.split(",") if p.strip()]
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys.strip() or self.jwt_secret)
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -11,6 +11,8 @@ from starlette.responses import RedirectResponse, Response
 from server.api.params import job_id_param, services_of
 from server.api.responses import JSONResponse, read_body
 from server.api.schemas import InitiateRequest, InitiateResponse, ResultResponse
+from server.auth import principal_of
+from server.edge import client_ip
 from server.errors import BadRequest, JobStateConflict
 from server.frames import JobSnapshot, JobStatus
 from server.observability import tracing
@@ -41,12 +43,17 @@ def job_links(request: Request, job_id: str) -> dict[str, str]:
 async def initiate(request: Request) -> Response:
     body = await read_body(request, InitiateRequest)
     file_ids = list(dict.fromkeys(body.file_ids))  # de-duplicate, keep the caller's order
-    record, created = await services_of(request).jobs.create(
+    services = services_of(request)
+    principal = principal_of(request.scope)
+    owner = principal.owner if principal else None
+    record, created = await services.jobs.create(
         file_ids,
         idempotency_key=_idempotency_key(request),
         request_id=getattr(request.state, "request_id", None),
         trace_id=getattr(request.state, "trace_id", None),
         traceparent=tracing.current_traceparent() or request.headers.get("traceparent"),
+        owner=owner,
+        quota=owner or client_ip(request.scope, services.settings.trusted_proxy_list),
     )
     job = record.job
     links = job_links(request, job.job_id)
@@ -56,6 +63,8 @@ async def initiate(request: Request) -> Response:
         total_file_ids=job.total_file_ids,
         created_at=job.created_at,
         **links,
+        # Browsers pass it as ?token= to the socket or stream (they cannot set headers there).
+        stream_token=services.auth.issue_stream_token(owner).token if owner else None,
     )
     headers = {"Location": links["status_url"], "Retry-After": POLL_AFTER_S}
     if not created:
@@ -69,8 +78,19 @@ def absolute(request: Request, url: str) -> str:
     return urljoin(str(request.base_url), url)
 
 
+async def stream_token(request: Request) -> Response:
+    """A short-lived token for WebSocket and SSE URLs (``?token=``), good for nothing else."""
+    principal = principal_of(request.scope)
+    # Without auth there is nothing to prove; the token is still issued so clients need no
+    # special case (the real-time routes then ignore it).
+    owner = principal.owner if principal else "anonymous"
+    return JSONResponse(services_of(request).auth.issue_stream_token(owner))
+
+
 async def status(request: Request) -> Response:
-    snapshot = await services_of(request).jobs.snapshot(job_id_param(request))
+    snapshot = await services_of(request).jobs.snapshot(
+        job_id_param(request), principal_of(request.scope)
+    )
     if snapshot.download_url:
         snapshot.download_url = absolute(request, snapshot.download_url)
     headers = {} if snapshot.status.is_terminal else {"Retry-After": POLL_AFTER_S}
@@ -78,7 +98,9 @@ async def status(request: Request) -> Response:
 
 
 async def _completed(request: Request) -> JobSnapshot:
-    snapshot = await services_of(request).jobs.snapshot(job_id_param(request))
+    snapshot = await services_of(request).jobs.snapshot(
+        job_id_param(request), principal_of(request.scope)
+    )
     if snapshot.status is not JobStatus.COMPLETED or snapshot.download_url is None:
         raise JobStateConflict(
             f"job {snapshot.job_id} is {snapshot.status.value}; "
@@ -110,5 +132,7 @@ async def redirect(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    snapshot = await services_of(request).jobs.cancel(job_id_param(request))
+    snapshot = await services_of(request).jobs.cancel(
+        job_id_param(request), principal_of(request.scope)
+    )
     return JSONResponse(snapshot)

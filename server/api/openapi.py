@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from server.api.responses import JSONResponse
+from server.api.schemas import ErrorResponse
 
 if TYPE_CHECKING:
     from server.api.routes import Operation
@@ -31,8 +32,22 @@ def build(
         "openapi": "3.1.0",
         "info": {"title": "Delineate", "version": "1.0.0", "description": description},
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
     }
+
+
+SECURITY_SCHEMES = {
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An API key or HS256 JWT."},
+    "streamToken": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "From POST /v1/stream-token; WebSocket and SSE routes only.",
+    },
+}
+SECURED_PREFIX = "/v1/"
+"""Routes that need a credential when auth is on (API_KEYS / JWT_SECRET); the rest are open."""
 
 
 def _key(t: Any) -> str:
@@ -49,12 +64,22 @@ def _types(operations: list[Operation]) -> list[Any]:
 
 
 def _operation(op: Operation, refs: dict[str, Any]) -> dict[str, Any]:
+    responses = dict(op.responses)
+    error = ErrorResponse
+    # Every route is rate limited; /v1/ routes refuse unknown callers when auth is on.
+    responses.setdefault(429, error)
+    if op.path.startswith(SECURED_PREFIX):
+        responses.setdefault(401, error)
     out: dict[str, Any] = {
         "summary": op.summary,
         "tags": [op.tag],
         "operationId": _operation_id(op),
-        "responses": {str(code): _response(code, t, op, refs) for code, t in op.responses.items()},
+        "responses": {str(code): _response(code, t, op, refs) for code, t in responses.items()},
     }
+    if op.path.startswith(SECURED_PREFIX):
+        schemes = ["apiKey", "bearer"] + (["streamToken"] if op.streaming else [])
+        # {} = no credential: auth is optional (off in the embedded default).
+        out["security"] = [{name: []} for name in schemes] + [{}]
     if op.description:
         out["description"] = op.description
     if op.deprecated:
@@ -93,9 +118,12 @@ def _response(code: int, t: Any, op: Operation, refs: dict[str, Any]) -> dict[st
         202: "Accepted",
         302: "Found",
         400: "Invalid input",
+        401: "Auth is on and the credential is missing or wrong",
         404: "Unknown job",
         409: "Conflict with the job's state",
         415: "Not JSON",
+        422: "The files add up to more than MAX_BUNDLE_BYTES",
+        429: "Too many requests (Retry-After says when to try again)",
         503: "Unhealthy",
         504: "Timed out",
     }.get(code, "Response")

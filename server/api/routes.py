@@ -26,6 +26,7 @@ from server.api.schemas import (
     StartRequest,
     StartResponse,
 )
+from server.auth import StreamToken
 from server.frames import AnyFrame, AnyServerMessage, JobSnapshot
 from server.realtime import sse, websocket
 
@@ -44,6 +45,8 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     path_params: tuple[str, ...] = ()
     query: dict[str, str] = msgspec.field(default_factory=dict)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    streaming: bool = False
+    """A real-time route: accepts a stream token (``?token=``) when auth is on."""
 
 
 JOB = ("job_id",)
@@ -102,7 +105,20 @@ OPERATIONS: list[Operation] = [
             400: ErrorResponse,
             409: ErrorResponse,
             415: ErrorResponse,
+            422: ErrorResponse,
         },
+    ),
+    Operation(
+        method="POST",
+        path="/v1/stream-token",
+        endpoint=jobs.stream_token,
+        tag="realtime",
+        summary="A short-lived token for WebSocket and SSE URLs",
+        description="Browsers cannot set headers on WebSocket or EventSource. When auth is on, "
+        "pass this token as `?token=` on `/v1/ws`, `/v1/download/subscribe/{job_id}` and "
+        "`/v1/download/stream/{job_id}`. It expires after STREAM_TOKEN_TTL_S (default 5 "
+        "minutes), works for streaming only, and never appears in logs.",
+        responses={200: StreamToken},
     ),
     Operation(
         method="GET",
@@ -142,8 +158,9 @@ OPERATIONS: list[Operation] = [
         description="`id:` is the frame's seq, `event:` its type, `data:` the frame as JSON. "
         "Send `Last-Event-ID` (or `?since=`) to resume after a seq. Ends after the terminal "
         "frame; `: keepalive` comments keep idle proxies from closing the stream.",
-        query={"since": "Resume after this seq."},
+        query={"since": "Resume after this seq.", "token": "A stream token (when auth is on)."},
         headers={"Last-Event-ID": "Resume after this seq (sent by EventSource)."},
+        streaming=True,
         responses={200: AnyFrame, **ERRORS_JOB},
     ),
     Operation(

@@ -70,6 +70,8 @@ class InitiateResponse(Wire, kw_only=True):
     subscribe_url: str
     stream_url: str
     cancel_url: str
+    stream_token: str | None = None
+    """When auth is on: a short-lived token for `?token=` on the subscribe and stream URLs."""
 
 
 class ResultResponse(Wire, kw_only=True):

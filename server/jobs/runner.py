@@ -53,6 +53,27 @@ class RunnerConfig(msgspec.Struct, frozen=True, kw_only=True):
     retry_base_s: float = 1.0
     retry_cap_s: float = 30.0
     check_concurrency: int = 16
+    max_bundle_bytes: int = 0
+    """0: no cap."""
+
+
+async def source_sizes(storage: Storage, file_ids: list[int], concurrency: int) -> list[int | None]:
+    """Each source file's size (None: missing), asking the store ``concurrency`` at a time."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def head(file_id: int) -> int | None:
+        async with limit:
+            info = await storage.head(source_key(file_id))
+        return None if info is None else info.size
+
+    return await asyncio.gather(*(head(f) for f in file_ids))
+
+
+def bundle_too_large(total: int, cap: int) -> str | None:
+    """Why a bundle of ``total`` bytes is refused, or None when it fits."""
+    if cap and total > cap:
+        return f"the files add up to {total} bytes; a bundle may hold at most {cap} bytes"
+    return None
 
 
 class JobFailure(Exception):
@@ -189,15 +210,10 @@ class JobRunner:
 
     async def _check_files(self, emitter: FrameEmitter) -> list[FileProgress]:
         job = emitter.record.job
-        limit = asyncio.Semaphore(self._config.check_concurrency)
-
-        async def head(f: FileProgress) -> int | None:
-            async with limit:
-                info = await self._storage.head(source_key(f.file_id))
-            return None if info is None else info.size
-
         with tracing.tracer().start_as_current_span("job.check_files"):
-            sizes = await asyncio.gather(*(head(f) for f in job.files))
+            sizes = await source_sizes(
+                self._storage, [f.file_id for f in job.files], self._config.check_concurrency
+            )
         available = []
         for f, size in zip(job.files, sizes, strict=True):
             if size is None:
@@ -206,6 +222,10 @@ class JobRunner:
             else:
                 state.mark_available(job, f, size)
                 available.append(f)
+        # Checked at initiate too; the files may have grown since.
+        too_large = bundle_too_large(job.bytes_total, self._config.max_bundle_bytes)
+        if too_large:
+            raise JobFailure("bundle_too_large", too_large)
         await emitter.progress()
         return available
 

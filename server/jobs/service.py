@@ -13,25 +13,38 @@ import hashlib
 import logging
 import uuid
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from server.backoff import full_jitter
 from server.broker.base import Broker
-from server.errors import BackendUnavailable, Conflict, JobStateConflict, NotFound
+from server.errors import (
+    BackendUnavailable,
+    Conflict,
+    JobStateConflict,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+)
 from server.frames import CancelledFrame, JobSnapshot, JobStatus
 from server.jobs import state
 from server.jobs.emitter import FrameEmitter, Superseded
-from server.jobs.runner import JobRunner, RunnerConfig, iso
+from server.jobs.runner import JobRunner, RunnerConfig, bundle_too_large, iso, source_sizes
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
 from server.observability.metrics import Metrics
 from server.storage.base import Storage
 
+if TYPE_CHECKING:
+    from server.auth import Principal
+
 log = logging.getLogger("delineate.jobs")
 
 
 REMOTE_CANCEL_WAIT_S = 3.0
+ACTIVE_CAP_RETRY_AFTER_S = 5
+"""No one knows when a job will finish; this is how soon asking again makes sense."""
 
 
 class CancelSignal(msgspec.Struct, tag="cancel"):
@@ -56,11 +69,13 @@ class JobService:
         config: RunnerConfig,
         concurrency: int,
         metrics: Metrics | None = None,
+        max_active_per_owner: int = 0,
     ) -> None:
         self._storage, self._broker, self._store = storage, broker, store
         self.metrics = metrics
         self._config = config
         self._concurrency = concurrency
+        self._max_active = max_active_per_owner
         self._runner = JobRunner(
             storage=storage, broker=broker, store=store, config=config, stop_reason=self._reason
         )
@@ -102,8 +117,14 @@ class JobService:
         request_id: str | None,
         trace_id: str | None = None,
         traceparent: str | None = None,
+        owner: str | None = None,
+        quota: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Create and enqueue a job; return (record, created). 409 on a reused key."""
+        """Create and enqueue a job; return (record, created).
+
+        409 on a reused key, 422 when the files exceed MAX_BUNDLE_BYTES, 429 when ``quota``
+        (the owner, or the client's address) has MAX_ACTIVE_JOBS_PER_OWNER unfinished jobs."""
+        await self._check_bundle_size(file_ids)
         job_id = str(uuid.uuid4())
         job = state.new_job(job_id, file_ids)
         job.trace_id = trace_id
@@ -112,24 +133,60 @@ class JobService:
             request_id=request_id,
             traceparent=traceparent,
             fingerprint=fingerprint(file_ids),
+            owner=owner,
+            quota=quota if self._max_active else None,
         )
-        stored = await self._store.create(record, idempotency_key)
+        if record.quota and not await self._store.claim_slot(
+            record.quota, job_id, self._max_active
+        ):
+            raise RateLimited(
+                f"at most {self._max_active} unfinished jobs at once; "
+                "wait for one to finish or cancel one",
+                headers={"Retry-After": str(ACTIVE_CAP_RETRY_AFTER_S)},
+            )
+        try:
+            stored = await self._store.create(record, idempotency_key)
+        except BaseException:
+            await self._release(record)
+            raise
         if stored.job.job_id != job_id:
-            if stored.fingerprint != record.fingerprint:
+            await self._release(record)
+            if stored.fingerprint != record.fingerprint or stored.owner != owner:
                 raise Conflict("this Idempotency-Key was used with a different request body")
             return stored, False
         await self._store.enqueue(job_id)
         return stored, True
 
-    async def get(self, job_id: str) -> JobRecord:
+    async def _release(self, record: JobRecord) -> None:
+        if record.quota:
+            with contextlib.suppress(BackendUnavailable):
+                await self._store.release_slot(record.quota, record.job.job_id)
+
+    async def _check_bundle_size(self, file_ids: list[int]) -> None:
+        cap = self._config.max_bundle_bytes
+        if not cap:
+            return
+        sizes = await source_sizes(self._storage, file_ids, self._config.check_concurrency)
+        too_large = bundle_too_large(sum(size or 0 for size in sizes), cap)
+        if too_large:
+            raise PayloadTooLarge(f"{too_large} (MAX_BUNDLE_BYTES); ask for fewer files")
+
+    async def get(self, job_id: str, principal: Principal | None = None) -> JobRecord:
+        """The job's record; 404 when there is none, or when ``principal`` does not own it
+        (the same answer, so ids of other owners' jobs cannot be probed)."""
         record = await self._store.get(job_id)
-        if record is None:
+        if record is None or (principal is not None and record.owner != principal.owner):
             raise NotFound(f"no job {job_id}")
         return record
 
-    async def snapshot(self, job_id: str) -> JobSnapshot:
+    async def authorize(self, job_id: str, principal: Principal | None) -> None:
+        """404 unless ``principal`` may follow the job (a no-op when auth is off)."""
+        if principal is not None:
+            await self.get(job_id, principal)
+
+    async def snapshot(self, job_id: str, principal: Principal | None = None) -> JobSnapshot:
         """The public job document, with a freshly signed link once completed."""
-        return await self.view(await self.get(job_id))
+        return await self.view(await self.get(job_id, principal))
 
     async def view(self, record: JobRecord) -> JobSnapshot:
         job = record.job
@@ -138,8 +195,8 @@ class JobService:
             job.download_url, job.expires_at = link.url, iso(link.expires_at)
         return job
 
-    async def cancel(self, job_id: str) -> JobSnapshot:
-        record = await self.get(job_id)
+    async def cancel(self, job_id: str, principal: Principal | None = None) -> JobSnapshot:
+        record = await self.get(job_id, principal)
         status = record.job.status
         if status is JobStatus.CANCELLED:
             return record.job

@@ -44,6 +44,10 @@ class JobRecord(msgspec.Struct, kw_only=True):
     traceparent: str | None = None
     """W3C context of the initiating request: the job's span joins that trace anywhere."""
     fingerprint: str = ""
+    owner: str | None = None
+    """Who created the job when auth is on; only they may see it. None: anyone with the id."""
+    quota: str | None = None
+    """Whose active-job count this job takes up until it finishes (owner, or client address)."""
 
 
 def utc_now() -> str:

@@ -36,6 +36,15 @@ class JobStore(abc.ABC):
         return whether it was written. That settles a cancel racing a worker's start."""
 
     @abc.abstractmethod
+    async def claim_slot(self, quota: str, job_id: str, limit: int) -> bool:
+        """Count ``job_id`` as one of ``quota``'s active jobs if it has fewer than ``limit``,
+        atomically; return whether it was counted. ``save`` of the record in a terminal
+        status gives the slot back (``release_slot`` for a job that was never stored)."""
+
+    @abc.abstractmethod
+    async def release_slot(self, quota: str, job_id: str) -> None: ...
+
+    @abc.abstractmethod
     async def enqueue(self, job_id: str) -> None: ...
 
     @abc.abstractmethod

@@ -25,6 +25,7 @@ class MemoryJobStore(JobStore):
         self._keys: dict[str, str] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._active: dict[str, set[str]] = {}
 
     async def stop(self) -> None:
         for handle in self._expiry.values():
@@ -50,10 +51,26 @@ class MemoryJobStore(JobStore):
             if current is None or _decode(current).job.status is not expect:
                 return False
         self._records[job_id] = _encode(record)
+        if record.job.status.is_terminal and record.quota:
+            await self.release_slot(record.quota, job_id)
         if record.job.status.is_terminal and job_id not in self._expiry:
             loop = asyncio.get_running_loop()
             self._expiry[job_id] = loop.call_later(self._retention_s, self._forget, job_id)
         return True
+
+    async def claim_slot(self, quota: str, job_id: str, limit: int) -> bool:
+        active = self._active.setdefault(quota, set())
+        if len(active) >= limit:
+            return False
+        active.add(job_id)
+        return True
+
+    async def release_slot(self, quota: str, job_id: str) -> None:
+        active = self._active.get(quota)
+        if active is not None:
+            active.discard(job_id)
+            if not active:
+                del self._active[quota]
 
     async def enqueue(self, job_id: str) -> None:
         self._queue.put_nowait(job_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -33,6 +34,16 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(JobRecord).decode
 BLOCK_MS = 1000
 
+# KEYS[1] the owner's active set; ARGV: now ms, lapse ms, limit, job id. Entries lapse after
+# the retention period, so a slot of a job whose record vanished is not held forever.
+CLAIM_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+"""
+
 
 class RedisJobStore(JobStore):
     name = "redis"
@@ -45,6 +56,7 @@ class RedisJobStore(JobStore):
         self._lease_ms = lease_ms
         self.consumer = f"replica-{uuid.uuid4().hex[:12]}"
         self._leases: dict[str, tuple[bytes, asyncio.Task[None]]] = {}
+        self._claim_slot = self._redis.register_script(CLAIM_SLOT)
 
     async def start(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
@@ -82,8 +94,15 @@ class RedisJobStore(JobStore):
     @unavailable_on_disconnect
     async def save(self, record: JobRecord, *, expect: JobStatus | None = None) -> bool:
         key = keys.job_record(record.job.job_id)
+        release = record.quota if record.job.status.is_terminal else None
         if expect is None:
-            await self._redis.set(key, _encode(record), ex=self._retention_s)
+            if release is None:
+                await self._redis.set(key, _encode(record), ex=self._retention_s)
+                return True
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(key, _encode(record), ex=self._retention_s)
+                pipe.zrem(keys.active_jobs(release), record.job.job_id)
+                await pipe.execute()
             return True
         async with self._redis.pipeline(transaction=True) as pipe:
             try:
@@ -93,10 +112,25 @@ class RedisJobStore(JobStore):
                     return False
                 pipe.multi()
                 pipe.set(key, _encode(record), ex=self._retention_s)
+                if release is not None:
+                    pipe.zrem(keys.active_jobs(release), record.job.job_id)
                 await pipe.execute()
             except WatchError:
                 return False
         return True
+
+    # --- active-job slots ----------------------------------------------------------------
+
+    @unavailable_on_disconnect
+    async def claim_slot(self, quota: str, job_id: str, limit: int) -> bool:
+        now_ms = int(time.time() * 1000)
+        lapse_ms = now_ms + self._retention_s * 1000
+        args: list[int | str] = [now_ms, lapse_ms, limit, job_id]
+        return bool(await self._claim_slot(keys=[keys.active_jobs(quota)], args=args))
+
+    @unavailable_on_disconnect
+    async def release_slot(self, quota: str, job_id: str) -> None:
+        await self._redis.zrem(keys.active_jobs(quota), job_id)
 
     # --- the queue ---------------------------------------------------------------------
 

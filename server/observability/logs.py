@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -68,11 +69,30 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+_SECRET_PARAM = re.compile(r"((?:^|[?&])(?:token|X-Amz-Signature|X-Amz-Credential|sig)=)[^&\s\"']+")
+
+
+def redact(text: str) -> str:
+    """Blank the values of query parameters that are credentials (stream tokens, link
+    signatures). uvicorn logs WebSocket handshakes with their query string."""
+    return _SECRET_PARAM.sub(r"\1[redacted]", text)
+
+
+class RedactFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg, record.args = record.getMessage(), None
+        if isinstance(record.msg, str) and "=" in record.msg:
+            record.msg = redact(record.msg)
+        return True
+
+
 def configure(log_format: str, level: int = logging.INFO) -> None:
     """Route every logger (ours, uvicorn's) through one handler in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
+    handler.addFilter(RedactFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from server.observability.logs import redact
+
 _enabled = False
 
 
@@ -20,6 +24,7 @@ def setup(dsn: str | None, replica_id: str) -> bool:
         release="delineate@1.0.0",
         server_name=replica_id,
         send_default_pii=False,
+        before_send=scrub,
         traces_sample_rate=0.0,
         integrations=[
             StarletteIntegration(),
@@ -30,6 +35,16 @@ def setup(dsn: str | None, replica_id: str) -> bool:
     )
     _enabled = True
     return True
+
+
+def scrub(event: Any, hint: Any) -> Any:
+    """Blank credentials in the request's query string (stream tokens, link signatures)."""
+    request = event.get("request")
+    if isinstance(request, dict):
+        for field in ("query_string", "url"):
+            if isinstance(request.get(field), str):
+                request[field] = redact(request[field])
+    return event
 
 
 def capture_job_error(exc: BaseException, tags: dict[str, str | None]) -> None:

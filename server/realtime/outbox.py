@@ -1,20 +1,31 @@
 """A connection's bounded queue of outgoing messages, and its overflow policy.
 
-Policy, in order, when the queue holds ``limit`` messages:
-1. a new ``progress`` frame replaces the oldest queued ``progress`` frame of the same job
-   (progress is a state, not a log: only the newest matters; seq stays increasing, with a
-   gap where the older frame was);
+The outbox holds up to ``limit`` messages while the connection keeps up. When it is full
+(the client reads slower than frames arrive):
+
+1. a new ``progress`` frame replaces the queued ``progress`` frame of the same job (progress
+   is a state, not a log: only the newest matters; seq stays increasing, with a gap where
+   the older frame was);
 2. a new ``progress`` frame with nothing to replace is dropped (the next one, or the
    terminal frame, carries the state anyway);
-3. any other message (snapshot, file, terminal, control) is never dropped: the outbox is
-   marked ``overflowed`` and the connection closes it with 1013 so the client resumes with
-   ``since`` (the frames are in the job's history).
+3. any other message (snapshot, file, terminal, control) is never dropped: it is queued
+   beyond ``limit``, up to ``hard_limit``.
+
+The outbox *overflows* when it has stayed full for ``deadline_s``, or reaches
+``hard_limit``: nothing more is queued, ``on_overflow`` fires (the connection stops its
+writer, which may be stuck in a send to a client that stopped reading) and the connection
+closes with 1013. The client resumes with ``since``: every frame is in the job's history.
+A stalled client therefore costs at most ``hard_limit`` messages and never slows anyone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from collections.abc import Callable
+
+from server.settings import Settings
 
 
 class Outgoing:
@@ -42,13 +53,40 @@ CONTROL_SEQ = -1
 """The seq given to control messages (acks, errors, pongs), which are not job frames."""
 
 
+HARD_LIMIT_FACTOR = 4
+
+
 class Outbox:
-    def __init__(self, limit: int) -> None:
+    __slots__ = (
+        "_clock",
+        "_items",
+        "_ready",
+        "coalesced",
+        "deadline_s",
+        "full_since",
+        "hard_limit",
+        "limit",
+        "on_overflow",
+        "overflowed",
+    )
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        deadline_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit
+        self.hard_limit = limit * HARD_LIMIT_FACTOR
+        self.deadline_s = deadline_s
+        self._clock = clock
         self._items: deque[Outgoing] = deque()
         self._ready = asyncio.Event()
         self.overflowed = False
         self.coalesced = 0
+        self.full_since: float | None = None
+        self.on_overflow: Callable[[], object] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -56,24 +94,46 @@ class Outbox:
     def put(self, item: Outgoing) -> None:
         if self.overflowed:
             return
-        if len(self._items) >= self.limit and not self._make_room(item):
-            if item.type == "progress":
-                self.coalesced += 1
-                return
-            self.overflowed = True
-        else:
-            self._items.append(item)
+        if len(self._items) >= self.limit and not self._queue_when_full(item):
+            return
+        self._items.append(item)
         self._ready.set()
 
-    def _make_room(self, item: Outgoing) -> bool:
-        if item.type != "progress":
+    def _queue_when_full(self, item: Outgoing) -> bool:
+        """Apply the policy to ``item`` arriving at a full outbox; True: append it."""
+        now = self._clock()
+        if self.full_since is None:
+            self.full_since = now
+        elif now - self.full_since > self.deadline_s:
+            self._overflow()
             return False
+        if item.type == "progress":
+            self.coalesced += 1
+            # Replace the same job's queued progress (if any) by this one, at the end: seq
+            # order is kept, so clients that drop repeated seqs keep every later frame.
+            return self._drop_progress_of(item.job_id)
+        if len(self._items) >= self.hard_limit:
+            self._overflow()
+            return False
+        return True
+
+    def _drop_progress_of(self, job_id: str) -> bool:
         for queued in self._items:
-            if queued.type == "progress" and queued.job_id == item.job_id:
+            if queued.type == "progress" and queued.job_id == job_id:
                 self._items.remove(queued)
-                self.coalesced += 1
                 return True
         return False
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self._items.clear()
+        self._ready.set()
+        if self.on_overflow is not None:
+            self.on_overflow()
+
+    def expired(self) -> bool:
+        """Full for longer than the deadline (checked without a new message arriving)."""
+        return self.full_since is not None and self._clock() - self.full_since > self.deadline_s
 
     async def get(self) -> Outgoing | None:
         """The next message; None once the outbox overflowed (close the connection)."""
@@ -82,4 +142,11 @@ class Outbox:
             await self._ready.wait()
         if self.overflowed:
             return None
-        return self._items.popleft()
+        item = self._items.popleft()
+        if self.full_since is not None and len(self._items) < self.limit:
+            self.full_since = None
+        return item
+
+
+def outbox_for(settings: Settings) -> Outbox:
+    return Outbox(settings.outbox_limit, deadline_s=settings.slow_consumer_deadline_s)

@@ -17,9 +17,10 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from server.api.params import job_id_param, services_of
+from server.auth import principal_of
 from server.errors import BadRequest
 from server.realtime.hub import Hub, Watch
-from server.realtime.outbox import Outbox
+from server.realtime.outbox import outbox_for
 from server.realtime.session import Session
 
 KEEPALIVE = b": keepalive\n\n"
@@ -87,6 +88,8 @@ class EventStream(Response):
 
     async def _stream(self, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
+        # A client that stopped reading leaves the pump stuck in a send: the outbox stops it.
+        self._watch.outbox.on_overflow = pump.cancel
         gone = asyncio.ensure_future(_wait_disconnect(receive))
         drain = asyncio.ensure_future(self._draining.wait())
         try:
@@ -135,11 +138,13 @@ async def _wait_disconnect(receive: Receive) -> None:
 async def stream(request: Request) -> Response:
     """GET /v1/download/stream/{job_id}: the job's frames as an event stream."""
     services = services_of(request)
-    outbox = Outbox(services.settings.outbox_limit)
+    outbox = outbox_for(services.settings)
     held = contextlib.ExitStack()
     held.enter_context(services.connections.hold(request))  # 429 past the per-address cap
     try:
-        watch = await services.hub.watch(job_id_param(request), resume_point(request), outbox)
+        job_id = job_id_param(request)
+        await services.jobs.authorize(job_id, principal_of(request.scope))
+        watch = await services.hub.watch(job_id, resume_point(request), outbox)
     except BaseException:
         held.close()
         raise

@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.api.params import job_id_param, services_of
+from server.auth import principal_of
 from server.errors import DelineateError, RateLimited
 from server.frames import (
     AckMessage,
@@ -42,17 +43,21 @@ from server.frames import (
     op_decoder,
 )
 from server.realtime.admission import origin_allowed
-from server.realtime.hub import Hub, Watch
-from server.realtime.outbox import CONTROL_SEQ, Outbox, Outgoing
+from server.realtime.hub import Watch
+from server.realtime.outbox import CONTROL_SEQ, Outbox, Outgoing, outbox_for
 from server.realtime.session import Session
 from server.realtime.sse import parse_since
+from server.services import Services
 
 log = logging.getLogger("delineate.ws")
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 CLOSE_SLOW_CONSUMER = 1013
+CLOSE_IDLE = 4408
 SLOW_CONSUMER_REASON = "slow consumer: reconnect with since=<last seq>"
+CLOSE_WAIT_S = 5.0
+"""How long a close frame may wait for a stalled client's buffers before we give up."""
 
 
 def control(message: Control, job_id: str = "") -> Outgoing:
@@ -82,6 +87,8 @@ async def _first_done(*aws: asyncio.Future[None] | asyncio.Task[None]) -> None:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     for task in done:
+        if task.cancelled():  # the outbox stopped a writer stuck on a stalled client
+            continue
         exc = task.exception()
         if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):
             raise exc
@@ -118,24 +125,42 @@ async def subscribe_one(ws: WebSocket) -> None:
             await _subscribe_one(ws)
 
 
+async def _start_writer(outbox: Outbox, writing: Coroutine[None, None, None]) -> asyncio.Task[None]:
+    """Run the connection's writer; an overflowing outbox cancels it, since its send may be
+    waiting forever on a client that stopped reading."""
+    writer = asyncio.ensure_future(writing)
+    outbox.on_overflow = writer.cancel
+    return writer
+
+
+async def _close_slow_consumer(ws: WebSocket) -> None:
+    """1013, sent as soon as the client's buffers take it; a client that never reads again is
+    dropped without it after CLOSE_WAIT_S."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_close(ws, CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON), CLOSE_WAIT_S)
+
+
 async def _subscribe_one(ws: WebSocket) -> None:
     services = services_of(ws)
-    outbox = Outbox(services.settings.outbox_limit)
+    outbox = outbox_for(services.settings)
     session = Session(services.metrics, "websocket", outbox)
     with session.open("ws.subscribe"):
         try:
             job_id = job_id_param(ws)
             since = parse_since(ws.query_params.get("since"))
+            await services.jobs.authorize(job_id, principal_of(ws.scope))
             watch = await services.hub.watch(job_id, since, outbox)
         except DelineateError as exc:
             await ws.send_text(error_item(exc.code, exc.message).text)
             await _close(ws, exc.close_code, exc.message)
             return
         try:
-            writer = asyncio.ensure_future(_write_one(ws, outbox, session))
+            writer = await _start_writer(outbox, _write_one(ws, outbox, session))
             await _first_done(writer, asyncio.ensure_future(_drain_incoming(ws)))
         finally:
             services.hub.unwatch(watch)
+        if outbox.overflowed:
+            await _close_slow_consumer(ws)
 
 
 async def _write_one(ws: WebSocket, outbox: Outbox, session: Session) -> None:
@@ -145,7 +170,6 @@ async def _write_one(ws: WebSocket, outbox: Outbox, session: Session) -> None:
         if item.terminal:
             await _close(ws, CLOSE_NORMAL, "job finished")
             return
-    await _close(ws, CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)
 
 
 async def multiplexed(ws: WebSocket) -> None:
@@ -157,31 +181,39 @@ async def multiplexed(ws: WebSocket) -> None:
 
 async def _multiplexed(ws: WebSocket) -> None:
     services = services_of(ws)
-    settings = services.settings
-    outbox = Outbox(settings.outbox_limit)
+    outbox = outbox_for(services.settings)
     session = Session(services.metrics, "websocket", outbox)
     with session.open("ws.multiplexed"):
-        mux = MuxSession(ws, services.hub, outbox, session, settings.max_subscriptions_per_socket)
+        mux = MuxSession(ws, services, outbox, session)
         await mux.run()
 
 
 class MuxSession:
-    def __init__(
-        self, ws: WebSocket, hub: Hub, outbox: Outbox, session: Session, max_watches: int
-    ) -> None:
-        self._ws, self._hub, self._session = ws, hub, session
+    def __init__(self, ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
+        self._ws, self._hub, self._session = ws, services.hub, session
+        self._jobs = services.jobs
+        self._principal = principal_of(ws.scope)
+        max_watches = services.settings.max_subscriptions_per_socket
+        self._idle_timeout_s = services.settings.idle_socket_timeout_s
+        self._idle = asyncio.timeout(None)
+        self._reading = False
         self._outbox = outbox
         self._max_watches = max_watches
         self._watches: dict[str, Watch] = {}
 
     async def run(self) -> None:
         try:
-            writer = asyncio.ensure_future(self._write())
+            writer = await _start_writer(self._outbox, self._write())
             await _first_done(writer, asyncio.ensure_future(self._read()))
         finally:
             for watch in self._watches.values():
                 self._hub.unwatch(watch)
             self._watches.clear()
+        if self._outbox.overflowed:
+            await _close_slow_consumer(self._ws)
+        elif self._idle.expired():
+            reason = f"idle: no subscription for {self._idle_timeout_s:g} s"
+            await _close(self._ws, CLOSE_IDLE, reason)
 
     async def _write(self) -> None:
         while (item := await self._outbox.get()) is not None:
@@ -191,9 +223,24 @@ class MuxSession:
                 watch = self._watches.pop(item.job_id, None)
                 if watch is not None:
                     self._hub.unwatch(watch)
-        await _close(self._ws, CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)
+                    self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        """A socket that follows nothing is closed after IDLE_SOCKET_TIMEOUT_S (4408)."""
+        if self._reading and not self._watches:
+            self._idle.reschedule(asyncio.get_running_loop().time() + self._idle_timeout_s)
 
     async def _read(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with self._idle:
+                self._reading = True
+                try:
+                    self._arm_idle()
+                    await self._read_ops()
+                finally:
+                    self._reading = False
+
+    async def _read_ops(self) -> None:
         while True:
             message = await self._ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -229,12 +276,15 @@ class MuxSession:
             self._outbox.put(error_item("too_many_subscriptions", message, op.job_id))
             return
         try:
+            # Every subscribe is checked: one socket may only follow its owner's jobs.
+            await self._jobs.authorize(op.job_id, self._principal)
             watch = await self._hub.watch(op.job_id, op.since, self._outbox, preamble=ack)
         except DelineateError as exc:
             self._outbox.put(error_item(exc.code, exc.message, op.job_id))
             return
         # A finished job's terminal snapshot is already queued; the writer unwatches it.
         self._watches[op.job_id] = watch
+        self._idle.reschedule(None)  # called from the reader: the timeout is entered
 
     def _unsubscribe(self, op: UnsubscribeOp) -> None:
         watch = self._watches.pop(op.job_id, None)
@@ -243,3 +293,4 @@ class MuxSession:
             return
         self._hub.unwatch(watch)
         self._outbox.put(control(AckMessage(op="unsubscribe", job_id=op.job_id), op.job_id))
+        self._arm_idle()

@@ -39,14 +39,63 @@ def test_progress_of_another_job_is_not_replaced() -> None:
     assert box.coalesced == 1
 
 
-def test_non_progress_frame_on_a_full_outbox_overflows() -> None:
-    """A file or terminal frame is never dropped: the connection must close instead."""
-    box = Outbox(limit=2)
-    box.put(item(1, "file"))
-    box.put(item(2, "file"))
-    box.put(item(3, "completed"))
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_non_progress_frames_queue_beyond_the_limit_up_to_the_hard_limit() -> None:
+    """A file or terminal frame is never dropped; past the hard limit the connection closes."""
+    box = Outbox(limit=2, clock=Clock())
+    for seq in range(1, box.hard_limit + 1):
+        box.put(item(seq, "file"))
+    assert not box.overflowed
+    assert len(box) == box.hard_limit == 8
+    box.put(item(99, "completed"))
     assert box.overflowed
     assert asyncio.run(box.get()) is None
+
+
+def test_an_outbox_full_past_the_deadline_overflows_and_tells_its_connection() -> None:
+    """Full for longer than the deadline: the writer is stuck on a client that stopped
+    reading, so the connection is told to close (and frees the queue at once)."""
+    clock = Clock()
+    fired = []
+    box = Outbox(limit=2, deadline_s=5, clock=clock)
+    box.on_overflow = lambda: fired.append(True)
+    box.put(item(1, "file"))
+    box.put(item(2, "file"))
+    box.put(item(3))  # full from now on
+    clock.now += 5
+    box.put(item(4))
+    assert not box.overflowed, "exactly at the deadline is still in time"
+    assert not box.expired()
+    clock.now += 0.1
+    assert box.expired()
+    box.put(item(5))
+    assert box.overflowed
+    assert fired == [True]
+    assert len(box) == 0
+
+
+def test_a_reader_that_catches_up_resets_the_deadline() -> None:
+    clock = Clock()
+    box = Outbox(limit=2, deadline_s=5, clock=clock)
+    box.put(item(1, "file"))
+    box.put(item(2, "file"))
+    box.put(item(3, "file"))  # full since 100
+    clock.now += 4
+    drain(box)  # the client read everything
+    assert box.full_since is None
+    box.put(item(4, "file"))
+    box.put(item(5, "file"))
+    box.put(item(6, "file"))  # full again, since 104
+    clock.now += 4
+    box.put(item(7, "file"))
+    assert not box.overflowed
 
 
 async def test_get_waits_for_put() -> None:
