@@ -120,6 +120,8 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
             raise ValueError("URL_SIGNING_SECRET must be set when auth is on and REDIS_URL is")
         if not self.url_signing_secret:
             self.url_signing_secret = secrets.token_urlsafe(32)
+        if self.jwt_secret and len(self.jwt_secret.encode()) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 bytes (RFC 7518: HS256 keys)")
         for pair in self.api_key_pairs:
             if ":" not in pair or not all(part.strip() for part in pair.split(":", 1)):
                 raise ValueError("API_KEYS must be comma-separated `owner:key` pairs")

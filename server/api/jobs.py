@@ -10,14 +10,19 @@ from starlette.responses import RedirectResponse, Response
 
 from server.api.params import job_id_param, services_of
 from server.api.responses import JSONResponse, read_body
-from server.api.schemas import InitiateRequest, InitiateResponse, ResultResponse
+from server.api.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    InitiateRequest,
+    InitiateResponse,
+    ResultResponse,
+)
 from server.auth import principal_of
 from server.edge import client_ip
 from server.errors import BadRequest, JobStateConflict
 from server.frames import JobSnapshot, JobStatus
 from server.observability import tracing
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 POLL_AFTER_S = "2"
 
 

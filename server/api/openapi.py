@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from server.api.responses import JSONResponse
-from server.api.schemas import ErrorResponse
+from server.api.schemas import IDEMPOTENCY_KEY_PATTERN, ErrorResponse
+from server.frames import UUID_PATTERN
 
 if TYPE_CHECKING:
     from server.api.routes import Operation
@@ -25,8 +26,9 @@ def build(
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     refs = dict(zip(map(_key, types), schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
+    links = _job_links(operations)
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, refs)
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, refs, links)
     components["ServerMessage"] = refs[_key(extra_schemas[0])]
     return {
         "openapi": "3.1.0",
@@ -63,18 +65,23 @@ def _types(operations: list[Operation]) -> list[Any]:
     return list(seen.values())
 
 
-def _operation(op: Operation, refs: dict[str, Any]) -> dict[str, Any]:
+def _operation(op: Operation, refs: dict[str, Any], links: dict[str, Any]) -> dict[str, Any]:
     responses = dict(op.responses)
     error = ErrorResponse
     # Every route is rate limited; /v1/ routes refuse unknown callers when auth is on.
     responses.setdefault(429, error)
+    if op.request is not None:  # a body that is not JSON, or not the right JSON
+        responses.setdefault(400, error)
+        responses.setdefault(415, error)
     if op.path.startswith(SECURED_PREFIX):
         responses.setdefault(401, error)
     out: dict[str, Any] = {
         "summary": op.summary,
         "tags": [op.tag],
         "operationId": _operation_id(op),
-        "responses": {str(code): _response(code, t, op, refs) for code, t in responses.items()},
+        "responses": {
+            str(code): _response(code, t, op, refs, links) for code, t in responses.items()
+        },
     }
     if op.path.startswith(SECURED_PREFIX):
         schemes = ["apiKey", "bearer"] + (["streamToken"] if op.streaming else [])
@@ -102,17 +109,42 @@ def _operation_id(op: Operation) -> str:
     return f"{op.method.lower()}_{words or 'root'}"
 
 
+SEQ = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "job_id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
+    "since": SEQ,
+    "Last-Event-ID": SEQ,
+    "Idempotency-Key": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+}
+"""What each parameter accepts, exactly as the handlers check it (anything else is a 400)."""
+
+
 def _param(name: str, where: str, text: str, *, required: bool = False) -> dict[str, Any]:
     return {
         "name": name,
         "in": where,
         "required": required,
         "description": text,
-        "schema": {"type": "string"},
+        "schema": PARAM_SCHEMAS.get(name, {"type": "string"}),
     }
 
 
-def _response(code: int, t: Any, op: Operation, refs: dict[str, Any]) -> dict[str, Any]:
+def _job_links(operations: list[Operation]) -> dict[str, Any]:
+    """OpenAPI links: the job id a 202 returns is what every job route takes (clients and
+    schemathesis' stateful phase follow them)."""
+    return {
+        _operation_id(op): {
+            "operationId": _operation_id(op),
+            "parameters": {"job_id": "$response.body#/jobId"},
+        }
+        for op in operations
+        if op.path_params == ("job_id",)
+    }
+
+
+def _response(
+    code: int, t: Any, op: Operation, refs: dict[str, Any], links: dict[str, Any]
+) -> dict[str, Any]:
     text = {
         200: "OK",
         202: "Accepted",
@@ -130,7 +162,10 @@ def _response(code: int, t: Any, op: Operation, refs: dict[str, Any]) -> dict[st
     if t is None:
         return {"description": text}
     media = op.media_type if code < 300 else "application/json"
-    return {"description": text, "content": {media: {"schema": refs[_key(t)]}}}
+    response = {"description": text, "content": {media: {"schema": refs[_key(t)]}}}
+    if code == 202:
+        response["links"] = links
+    return response
 
 
 async def document(request: Request) -> Response:

@@ -54,6 +54,16 @@ def error_response(exc: DelineateError, request_id: str) -> Response:
     )
 
 
+def _number(literal: str) -> int | float:
+    """JSON has one number type: 70000.0 and 7e4 are the integer 70000 (as in JSON Schema and
+    in the original service), 70000.5 stays a float and fails an integer field."""
+    value = float(literal)
+    return int(value) if value.is_integer() else value
+
+
+_json_decoder = msgspec.json.Decoder(float_hook=_number)
+
+
 async def read_body(request: Request, type_: type[T]) -> T:
     """Decode and validate a JSON body; 415 for another media type, 400 for bad JSON/shape."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -63,7 +73,7 @@ async def read_body(request: Request, type_: type[T]) -> T:
     if len(body) > MAX_BODY_BYTES:
         raise BadRequest("the request body is too large")
     try:
-        return msgspec.json.decode(body, type=type_)
+        return msgspec.convert(_json_decoder.decode(body), type_)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid request body: {exc}") from exc
     except msgspec.DecodeError as exc:

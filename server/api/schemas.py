@@ -23,6 +23,10 @@ FileId = Annotated[
 ]
 
 
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+"""1-255 printable ASCII characters without spaces."""
+
+
 class CheckRequest(msgspec.Struct):
     file_id: FileId
 

@@ -56,8 +56,9 @@ CLOSE_POLICY = 1008
 CLOSE_SLOW_CONSUMER = 1013
 CLOSE_IDLE = 4408
 SLOW_CONSUMER_REASON = "slow consumer: reconnect with since=<last seq>"
-CLOSE_WAIT_S = 5.0
-"""How long a close frame may wait for a stalled client's buffers before we give up."""
+CLOSE_WAIT_S = 10.0
+"""How long a close frame may wait for a stalled client's buffers before the connection is
+dropped without it (1006). Everything else of the session is freed at once."""
 
 
 def control(message: Control, job_id: str = "") -> Outgoing:
@@ -241,6 +242,8 @@ class MuxSession:
                     self._reading = False
 
     async def _read_ops(self) -> None:
+        current = asyncio.current_task()
+        assert current is not None
         while True:
             message = await self._ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -257,6 +260,11 @@ class MuxSession:
                 self._outbox.put(error_item("bad_request", f"invalid message: {exc}"))
                 continue
             await self._handle(op)
+            if current.cancelling():
+                # A cancel that arrived while an op awaited Redis can be lost inside redis-py
+                # (seen with pub/sub subscribe); without this check the session would wait
+                # for the next client message forever instead of closing.
+                raise asyncio.CancelledError
 
     async def _handle(self, op: AnyOp) -> None:
         if isinstance(op, PingOp):

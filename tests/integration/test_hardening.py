@@ -9,7 +9,7 @@ import random
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import ReplicaFactory
@@ -118,3 +118,35 @@ async def test_websocket_fuzz_leaves_the_server_and_good_clients_fine(
     async with connect(f"{server.ws_url}/v1/ws") as ws:
         await ws.send('{"op":"ping"}')
         assert json.loads(await ws.recv())["type"] == "pong"
+
+
+async def test_a_socket_that_follows_nothing_is_closed_when_idle(
+    replica_factory: ReplicaFactory,
+) -> None:
+    """IDLE_SOCKET_TIMEOUT_S: a socket with no subscription is closed with 4408; one that
+    follows a job stays, and its clock starts again once it follows nothing."""
+    replica = replica_factory(IDLE_SOCKET_TIMEOUT_S="1")
+    url = f"{replica.ws_url}/v1/ws"
+    idle = await ws_collect(url, timeout=10)
+    assert idle.close_code == 4408
+    assert idle.close_reason == "idle: no subscription for 1 s"
+    async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+        job = await initiate(http, AVAILABLE)  # runs ~1 s
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"op": "subscribe", "jobId": job["jobId"]}))
+        frames = await read_until_closed(ws)
+        # The job's frames to the end, then idle for a second, then the close.
+        assert any(f["type"] == "completed" for f in frames)
+        assert ws.close_code == 4408
+
+
+async def read_until_closed(ws: ClientConnection) -> list[dict[str, object]]:
+    """Every message until the server closes (with any code)."""
+    frames = []
+    async with asyncio.timeout(10):
+        try:
+            async for raw in ws:
+                frames.append(json.loads(raw))
+        except ConnectionClosed:
+            pass
+    return frames

@@ -42,10 +42,16 @@ class WsResult:
         self.close_reason = ""
 
 
-async def ws_collect(url: str, *, limit: int | None = None, timeout: float = 20) -> WsResult:
+async def ws_collect(
+    url: str,
+    *,
+    limit: int | None = None,
+    timeout: float = 20,
+    headers: dict[str, str] | None = None,
+) -> WsResult:
     """Read frames until the server closes (or ``limit`` frames arrived, then hang up)."""
     result = WsResult()
-    async with asyncio.timeout(timeout), connect(url) as ws:
+    async with asyncio.timeout(timeout), connect(url, additional_headers=headers) as ws:
         try:
             async for raw in ws:
                 result.frames.append(json.loads(raw))
