@@ -19,6 +19,7 @@ from client_sdk.errors import (
     JobFailed,
     JobNotFound,
     Timeout,
+    Unauthorized,
 )
 from client_sdk.subscription import is_terminal
 from client_sdk.sync import Client
@@ -34,5 +35,6 @@ __all__ = [
     "JobFailed",
     "JobNotFound",
     "Timeout",
+    "Unauthorized",
     "is_terminal",
 ]

@@ -23,7 +23,7 @@ import httpx
 import msgspec
 
 from client_sdk.backoff import Backoff
-from client_sdk.errors import ConnectionFailed, HTTPError, JobNotFound, Timeout
+from client_sdk.errors import ConnectionFailed, HTTPError, JobNotFound, Timeout, Unauthorized
 from client_sdk.subscription import Subscription, follow_many
 from server.api.schemas import InitiateResponse, ResultResponse
 from server.frames import AnyFrame, JobSnapshot
@@ -159,6 +159,12 @@ def _http_error(response: httpx.Response, path: str) -> HTTPError:
         body: Any = response.json()
     except ValueError:
         body = response.text
-    if response.status_code == 404 and "/v1/download/" in path:
+    return error_for(response.status_code, body, path)
+
+
+def error_for(status: int, body: Any, path: str) -> HTTPError:
+    if status == 401:
+        return Unauthorized(401, body)
+    if status == 404 and "/v1/download/" in path:
         return JobNotFound(404, body)
-    return HTTPError(response.status_code, body)
+    return HTTPError(status, body)

@@ -2,7 +2,8 @@
 
 DelineateError
 ├── HTTPError            the server answered with an error status (``status``, ``body``)
-│   └── JobNotFound      404 for a job id
+│   ├── Unauthorized     401: auth is on and the token is missing, unknown or expired
+│   └── JobNotFound      404 for a job id (or another owner's job)
 ├── JobFailed            the job ended ``failed`` (``error_code``, ``frame``), with raise_on_failure
 ├── Timeout              a request or ``wait`` ran out of time
 └── ConnectionFailed     the server could not be reached (after retries, where retried)
@@ -22,6 +23,10 @@ class HTTPError(DelineateError):
         self.status, self.body = status, body
         detail = body.get("message") if isinstance(body, dict) else None
         super().__init__(message or f"HTTP {status}: {detail or body}")
+
+
+class Unauthorized(HTTPError):
+    pass
 
 
 class JobNotFound(HTTPError):

@@ -20,7 +20,13 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from client_sdk.errors import ConnectionFailed, DelineateError, JobFailed, JobNotFound
+from client_sdk.errors import (
+    ConnectionFailed,
+    DelineateError,
+    JobFailed,
+    JobNotFound,
+    Unauthorized,
+)
 from server.frames import (
     AckMessage,
     AnyFrame,
@@ -136,6 +142,7 @@ class Subscription:
                 async for frame in _frames_of(ws):
                     yield frame
         except InvalidStatus as exc:
+            _refused(exc)
             if exc.response.status_code >= 500:  # a replica restarting: retry, same transport
                 raise ConnectionLost(f"WebSocket upgrade failed: {exc}") from exc
             raise TransportUnavailable(f"WebSocket upgrade refused: {exc}") from exc
@@ -165,6 +172,8 @@ class Subscription:
         ):
             return
         body = await response.aread()
+        if response.status_code == 401:
+            raise Unauthorized(401, msgspec.json.decode(body))
         if response.status_code == 404 and b"requestId" in body:
             raise JobNotFound(404, msgspec.json.decode(body))
         if response.status_code in (429, 500, 502, 503, 504):
@@ -255,6 +264,7 @@ async def _multiplexed(
             async for frame in _frames_of(ws):
                 yield frame
     except InvalidStatus as exc:
+        _refused(exc)
         if exc.response.status_code >= 500:
             raise ConnectionLost(str(exc)) from exc
         raise TransportUnavailable(str(exc)) from exc
@@ -303,3 +313,10 @@ async def _merged(
             task.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _refused(exc: InvalidStatus) -> None:
+    """A 401 at the handshake is an answer, not a transport problem: no retry, no fallback."""
+    if exc.response.status_code == 401:
+        body = exc.response.body or b"{}"
+        raise Unauthorized(401, msgspec.json.decode(body)) from exc

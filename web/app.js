@@ -26,9 +26,61 @@ async function api(method, path, body) {
   const traceId = hex(16);
   const headers = { traceparent: `00-${traceId}-${hex(8)}-01` };
   if (body !== undefined) headers["content-type"] = "application/json";
+  if (auth.key) headers["x-api-key"] = auth.key;
   const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const data = await res.json().catch(() => null);
+  if (res.status === 401) auth.ask(data && data.message);
   return { res, data, traceId, requestId: res.headers.get("x-request-id") || "" };
+}
+
+// --- who we are (only when the server has auth on) --------------------------------------------
+// The API key stays in this tab (sessionStorage) and goes on fetches as X-API-Key. WebSocket and
+// EventSource cannot carry headers, so they get a short-lived stream token in the URL instead;
+// with auth off the server issues one anyway and ignores it, so the page needs no special case.
+
+const KEY_STORE = "delineate.apiKey";
+
+class AuthNeeded extends Error {}
+
+const auth = {
+  key: sessionStorage.getItem(KEY_STORE) || "",
+  token: null,
+  expiresAt: 0,
+
+  async streamToken() {
+    if (this.token && Date.now() / 1000 < this.expiresAt - 30) return this.token;
+    const { res, data } = await api("POST", "/v1/stream-token").catch(() => ({}));
+    if (res && res.status === 401) throw new AuthNeeded();
+    if (!res || !res.ok) return null; // unreachable: connect anyway, the retry asks again
+    this.token = data.token;
+    this.expiresAt = data.expiresAt;
+    return this.token;
+  },
+
+  ask(message) {
+    const form = $("#key-form");
+    $("#key-error").textContent = this.key ? (message || "That key was not accepted.") : "";
+    $("#key-error").hidden = !this.key;
+    form.hidden = false;
+    live.show("sign-in needed", "down");
+  },
+
+  use(event) {
+    event.preventDefault();
+    this.key = $("#api-key").value.trim();
+    sessionStorage.setItem(KEY_STORE, this.key);
+    this.token = null;
+    $("#key-form").hidden = true;
+    $("#api-key").value = "";
+    live.restart();
+  },
+};
+
+function withToken(path, token, params = {}) {
+  const query = new URLSearchParams(params);
+  if (token) query.set("token", token);
+  const text = query.toString();
+  return text ? `${path}?${text}` : path;
 }
 
 // --- jobs and their cards -----------------------------------------------------------------
@@ -182,10 +234,24 @@ const live = {
     if (source) { source.close(); this.sources.delete(job.jobId); }
   },
 
+  // After a new API key: start over with WebSocket.
+  restart() {
+    if (this.ws) { const old = this.ws; this.ws = null; old.close(); }
+    for (const source of this.sources.values()) source.close();
+    this.sources.clear();
+    clearInterval(this.pollTimer);
+    this.pollTimer = null;
+    this.mode = "websocket";
+    this.wsFailures = 0;
+    this.connect();
+  },
+
   // One socket for every job.
-  connect() {
-    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`;
-    const ws = new WebSocket(url);
+  async connect() {
+    let token;
+    try { token = await auth.streamToken(); } catch (e) { if (e instanceof AuthNeeded) return; throw e; }
+    const base = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;
+    const ws = new WebSocket(withToken(`${base}/v1/ws`, token));
     let opened = false;
     this.ws = ws;
     ws.onopen = () => {
@@ -239,10 +305,13 @@ const live = {
   },
 
   // One EventSource per job; it reconnects by itself with Last-Event-ID.
-  sseFollow(job) {
+  async sseFollow(job) {
     if (this.sources.has(job.jobId)) return;
-    const since = job.lastSeq >= 0 ? `?since=${job.lastSeq}` : "";
-    const source = new EventSource(`/v1/download/stream/${job.jobId}${since}`);
+    let token;
+    try { token = await auth.streamToken(); } catch { return; }
+    if (this.sources.has(job.jobId)) return;
+    const since = job.lastSeq >= 0 ? { since: job.lastSeq } : {};
+    const source = new EventSource(withToken(`/v1/download/stream/${job.jobId}`, token, since));
     let heard = false;
     const onFrame = (event) => { heard = true; apply(job, JSON.parse(event.data)); };
     for (const type of ["snapshot", "status", "progress", "file", "completed", "failed", "cancelled"]) {
@@ -333,6 +402,7 @@ async function health() {
 
 for (const saved of JSON.parse(localStorage.getItem(STORE_KEY) || "[]").reverse()) newJob(saved);
 $("#start-form").addEventListener("submit", start);
+$("#key-form").addEventListener("submit", (event) => auth.use(event));
 setInterval(() => { for (const job of live.active()) render(job); }, 1000);
 health();
 setInterval(health, 10000);

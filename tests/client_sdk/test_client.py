@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from client_sdk import AsyncClient, Backoff, JobFailed, JobNotFound, Timeout, is_terminal
+from client_sdk import (
+    AsyncClient,
+    Backoff,
+    JobFailed,
+    JobNotFound,
+    Timeout,
+    Unauthorized,
+    is_terminal,
+)
 from client_sdk.subscription import Subscription
 from server.frames import CompletedFrame, JobStatus, SnapshotFrame
 from server.storage import demo
@@ -173,3 +181,28 @@ def test_progress_view_draws_a_bar_on_a_tty() -> None:
     assert text.count("\r[") == 3
     assert "[" + "#" * 15 + "-" * 15 + "]  50.0%" in text
     assert "ETA" in text
+
+
+async def test_a_token_authenticates_every_transport_and_a_wrong_one_fails_fast(
+    replica_factory: ReplicaFactory,
+) -> None:
+    """With auth on, the token (an API key or a JWT) goes on HTTP, WebSocket and SSE; a wrong
+    one raises Unauthorized at once instead of retrying or falling back."""
+    replica = replica_factory(API_KEYS="sdk:sdk-key")
+    for transports in (("websocket",), ("sse",)):
+        async with AsyncClient(replica.url, "sdk-key", transports=transports) as client:
+            job = await client.initiate([UNAVAILABLE])
+            frames = [f async for f in client.subscribe(job.job_id)]
+            assert is_terminal(frames[-1]), transports
+    async with AsyncClient(replica.url, "sdk-key") as client:
+        job = await client.initiate([UNAVAILABLE])
+        many = [f async for f in client.subscribe_many([job.job_id])]
+        assert is_terminal(many[-1])
+    async with AsyncClient(replica.url, "wrong-key", backoff=Backoff(base=0.01)) as wrong:
+        with pytest.raises(Unauthorized):
+            await wrong.initiate(AVAILABLE)
+        for transports in (("websocket",), ("sse",)):
+            wrong.transports = transports
+            with pytest.raises(Unauthorized):
+                async for _ in wrong.subscribe(job.job_id):
+                    pass

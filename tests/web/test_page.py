@@ -109,3 +109,27 @@ def test_killing_the_replica_holding_the_socket_does_not_stop_the_bar(
     assert progress_of(page, job_id) == 100
     status = httpx.get(f"{proxy.url}/v1/download/status/{job_id}", timeout=5).json()
     assert status["status"] == "completed"
+
+
+def test_with_auth_on_the_page_asks_for_a_key_and_streams_with_a_token(
+    replica_factory: ReplicaFactory, page: Page
+) -> None:
+    """The page cannot put a key on a WebSocket: it asks for the key, keeps it in the tab,
+    and opens the socket with a short-lived stream token."""
+    replica = replica_factory(API_KEYS="browser:browser-key")
+    page.goto(replica.url)
+    page.wait_for_selector("#key-form:not([hidden])")
+    assert page.text_content("#transport") == "sign-in needed"
+    page.fill("#api-key", "not-the-key")
+    page.click("#use-key")
+    page.wait_for_selector("#key-error:not([hidden])")
+    assert page.text_content("#key-error") == "unknown API key"
+    page.fill("#api-key", "browser-key")
+    page.click("#use-key")
+    page.wait_for_selector("#key-form", state="hidden")
+    page.wait_for_function("document.querySelector('#transport').textContent === 'live: WebSocket'")
+    job_id = start_download(page, "70000")
+    page.wait_for_selector(f'.job[data-job-id="{job_id}"].completed', timeout=30_000)
+    assert progress_of(page, job_id) == 100
+    assert page.evaluate("sessionStorage.getItem('delineate.apiKey')") == "browser-key"
+    assert "browser-key" not in page.evaluate("JSON.stringify(localStorage)")
