@@ -2,6 +2,11 @@
 
     python bench/loadtest.py --url http://127.0.0.1:8080 --subscribers 1000 --jobs 20
 
+``--protocol socketio`` / ``broadcaster`` drive the reference servers in ``bench/reference``
+instead (same subscribers, same frames, same measurements): there the "jobs" are channels that
+the servers start publishing (``--rate`` frames/s for ``--seconds``) once every subscriber
+is in.
+
 Each subscriber follows one job from seq 0 (``?since=0`` / ``Last-Event-ID: 0``), so it must
 receive every frame of its job exactly once: frames missing from 1..<terminal seq> count as
 lost, repeats as duplicates. Latency is receipt time minus the frame's ``ts`` (same machine),
@@ -95,6 +100,42 @@ async def ws_subscriber(url: str, watcher: Watcher) -> None:
         watcher.error = type(exc).__name__
 
 
+async def socketio_subscriber(url: str, watcher: Watcher) -> None:
+    """Engine.IO 4 over WebSocket, by hand (no extra client library): open, connect the
+    default namespace, ``join`` the channel with an ack, answer pings, read ``frame`` events."""
+    try:
+        async with connect(f"{url}/socket.io/?EIO=4&transport=websocket",
+                           compression=None, max_queue=None, open_timeout=30) as ws:  # fmt: skip
+            async for raw in ws:
+                assert isinstance(raw, str)
+                if raw == "2":
+                    await ws.send("3")
+                elif raw.startswith("0{"):
+                    await ws.send("40")
+                elif raw.startswith("40"):
+                    await ws.send(f'421["join","{watcher.job_id}"]')
+                elif raw.startswith("431"):
+                    watcher.connected_ms = time.time() * 1000  # in the room
+                elif raw.startswith("42"):
+                    event, data = json.loads(raw[2:])
+                    if event == "frame" and watcher.frame(data):
+                        return
+    except Exception as exc:
+        watcher.error = type(exc).__name__
+
+
+async def broadcaster_subscriber(url: str, watcher: Watcher) -> None:
+    try:
+        async with connect(f"{url}/ws/{watcher.job_id}",
+                           compression=None, max_queue=None, open_timeout=30) as ws:  # fmt: skip
+            watcher.connected_ms = time.time() * 1000
+            async for raw in ws:
+                if watcher.frame(raw):
+                    return
+    except Exception as exc:
+        watcher.error = type(exc).__name__
+
+
 async def sse_subscriber(client: httpx.AsyncClient, url: str, watcher: Watcher) -> None:
     headers = {"Last-Event-ID": "0"}
     try:
@@ -167,30 +208,68 @@ async def report_progress(watchers: list[Watcher], started: float) -> None:
         sys.stderr.flush()
 
 
+SUBSCRIBERS = {
+    "delineate": ws_subscriber,
+    "socketio": socketio_subscriber,
+    "broadcaster": broadcaster_subscriber,
+}
+
+
+async def all_in(watchers: list[Watcher]) -> None:
+    """Wait until every subscriber is connected (or has failed)."""
+    # Polled: thousands of subscribers would each need to poke a shared event.
+    while any(w.connected_ms == float("inf") and w.error is None for w in watchers):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+async def start_publishing(urls: list[str], channels: list[str], args: argparse.Namespace) -> None:
+    """Reference servers: each replica publishes its share of the channels."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        for i, url in enumerate(urls):
+            share = channels[i :: len(urls)]
+            body = {"channels": share, "rate": args.rate, "seconds": args.seconds}
+            (await client.post(f"{url}/publish", json=body)).raise_for_status()
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     urls = [u.rstrip("/") for u in args.url]
     ws_urls = ["ws" + u.removeprefix("http") for u in urls]
     before = {pid: process_usage(pid) for pid in args.pid}
-    job_ids = await start_jobs(urls, args.jobs, args.files_per_job)
+    if args.protocol == "delineate":
+        job_ids = await start_jobs(urls, args.jobs, args.files_per_job)
+    else:
+        job_ids = [f"bench-{i}" for i in range(args.jobs)]
     watchers = [Watcher(job_ids[i % len(job_ids)]) for i in range(args.subscribers + args.sse)]
+    subscriber = SUBSCRIBERS[args.protocol]
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     started = time.monotonic()
+    steady: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=None, limits=limits) as sse_client:
         tasks = [
-            ws_subscriber(ws_urls[i % len(urls)], w) if i < args.subscribers
+            subscriber(ws_urls[i % len(urls)], w) if i < args.subscribers
             else sse_subscriber(sse_client, urls[i % len(urls)], w)
             for i, w in enumerate(watchers)
         ]  # fmt: skip
         progress = asyncio.ensure_future(report_progress(watchers, started))
+        everyone = asyncio.gather(*tasks)
         try:
-            await asyncio.wait_for(asyncio.gather(*tasks), args.max_seconds)
+            async with asyncio.timeout(args.max_seconds):
+                await all_in(watchers)
+                # The steady state starts here: CPU and frames are counted from this moment.
+                steady["usage"] = {pid: process_usage(pid) for pid in args.pid}
+                steady["frames"] = sum(w.received for w in watchers)
+                if args.protocol != "delineate":
+                    await asyncio.sleep(1)  # let the last subscriptions reach Redis
+                    await start_publishing(urls, job_ids, args)
+                await everyone
             timed_out = False
         except TimeoutError:
             timed_out = True
+            everyone.cancel()
         progress.cancel()
     elapsed = time.monotonic() - started
     sys.stderr.write("\n")
-    return summarize(args, watchers, elapsed, timed_out, before)
+    return summarize(args, watchers, elapsed, timed_out, before, steady)
 
 
 def summarize(
@@ -199,6 +278,7 @@ def summarize(
     elapsed: float,
     timed_out: bool,
     before: dict[int, tuple[float, int]],
+    steady_start: dict[str, Any],
 ) -> dict[str, Any]:
     # Steady state: frames emitted once every subscriber was connected (the ramp of thousands
     # of handshakes and history replays is reported separately).
@@ -207,6 +287,7 @@ def summarize(
     ramp = [lat for w in watchers for ts, lat in w.latencies if ts < ramp_end]
     frames = sum(w.received for w in watchers)
     result: dict[str, Any] = {
+        "protocol": args.protocol,
         "subscribers": {"websocket": args.subscribers, "sse": args.sse},
         "jobs": args.jobs,
         "seconds": round(elapsed, 3),
@@ -225,7 +306,16 @@ def summarize(
         after = {pid: process_usage(pid) for pid in before}
         cpu = sum(after[p][0] - before[p][0] for p in before)
         result["server_cpu_seconds"] = round(cpu, 3)
-        result["server_cpu_us_per_frame"] = round(cpu * 1e6 / frames, 1) if frames else None
+        result["server_cpu_us_per_frame_overall"] = round(cpu * 1e6 / frames, 1) if frames else None
+        if "usage" in steady_start:
+            # Steady state only: what each delivered frame costs once everyone is connected
+            # (handshakes and history replays excluded, for every server alike).
+            start = steady_start["usage"]
+            steady_cpu = sum(after[p][0] - start[p][0] for p in before)
+            steady_frames = frames - steady_start["frames"]
+            result["server_cpu_us_per_frame"] = (
+                round(steady_cpu * 1e6 / steady_frames, 1) if steady_frames else None
+            )
         result["server_peak_rss_kib"] = {str(p): after[p][1] for p in after}
     return result
 
@@ -244,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=120, help="hard stop")
     parser.add_argument("--pid", type=int, action="append", default=[], help="local server pid")
     parser.add_argument("--allow-remote", action="store_true")
+    parser.add_argument("--protocol", choices=sorted(SUBSCRIBERS), default="delineate")
+    parser.add_argument("--rate", type=float, default=2, help="reference servers: frames/s")
+    parser.add_argument("--seconds", type=float, default=20, help="reference servers: duration")
     args = parser.parse_args(argv)
     args.url = args.url or ["http://127.0.0.1:3000"]
     check_loopback(args.url, args.allow_remote)

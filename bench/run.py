@@ -1,14 +1,20 @@
-"""`make bench`: Delineate's fan-out measured on this machine, printed as JSON.
+"""`make bench`: Delineate's fan-out beside python-socketio and encode/broadcaster, on this machine.
 
-Scenario "fanout": R replicas + redis-server on loopback; J jobs each emitting ~2 progress
-frames/s for S seconds (PROGRESS_INTERVAL_MS=500); N WebSocket subscribers (and optionally SSE
-ones) spread over the replicas, each following one job from seq 0. Reports delivery, latency
-percentiles (frame ts -> receipt), lost/duplicate frames, server CPU per delivered frame, peak RSS.
+Scenario "fanout", run once per server on fresh processes (redis-server + R replicas on
+loopback) with identical parameters and the same load client (``bench/loadtest.py``):
+N WebSocket subscribers spread over the replicas follow C channels, each carrying ``--rate``
+frames/s for ``--seconds`` and then a terminal frame. For Delineate a channel is a real job
+(seq allocated in Redis, record saved, history kept, bundle written); for the reference
+servers (``bench/reference``) it is a publisher loop inside the replicas. Reported per server:
+delivered/s, latency p50/p95/p99/max (frame ts -> receipt, steady state), lost, duplicated,
+server CPU per delivered frame, peak RSS, and KiB per idle socket (a separate run holding
+``--idle-per-server`` idle sockets).
 
-Scenario "idle": N idle sockets on /v1/ws held by the replicas; reports KiB per socket and each
-replica's event-loop lag while they are held (worst lateness of a 10 ms ticker, /metrics).
+Scenario "idle": ``--idle`` (20,000) idle sockets held by Delineate's replicas while
+``--jobs`` jobs run; reports KiB per socket and the worst event-loop lag (a 10 ms ticker).
 
-Everything runs on 127.0.0.1, bounded in time, and is stopped by pid at the end.
+Prints a table (stderr) and the JSON report (stdout). Everything runs on 127.0.0.1, bounded in
+time, and is stopped by pid at the end.
 """
 
 from __future__ import annotations
@@ -26,43 +32,87 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent))
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
 
-from server.stack import RedisServer, Replica  # noqa: E402
+from server.stack import Managed, RedisServer, Replica, free_port, http_ok  # noqa: E402
+
+SERVERS = ("delineate", "socketio", "broadcaster")
+REFERENCE_APPS = {
+    "socketio": "bench.reference.socketio_server:app",
+    "broadcaster": "bench.reference.broadcaster_server:app",
+}
 
 
-def start_cluster(replicas: int, tmp: Path, seconds: float) -> tuple[RedisServer, list[Replica]]:
+class ReferenceServer(Managed):
+    """A reference server under uvicorn with Delineate's own uvicorn options."""
+
+    def __init__(self, name: str, app: str, redis_url: str, log_dir: Path) -> None:
+        self.port = free_port()
+        argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
+                "--port", str(self.port), "--loop", "uvloop", "--http", "httptools",
+                "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
+                "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
+        super().__init__(name, argv, env, log_dir)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        self.wait_until(lambda: http_ok(f"{self.url}/health"), 20, f"{self.name} to answer")
+
+
+def start_servers(
+    kind: str, args: argparse.Namespace, tmp: Path
+) -> tuple[RedisServer, list[Managed]]:
     tmp.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(tmp)
     redis.start()
-    env = {
-        "REDIS_URL": redis.url,
-        "DATA_DIR": str(tmp / "data"),
-        "DOWNLOAD_DELAY_MIN_MS": str(int(seconds * 1000)),
-        "DOWNLOAD_DELAY_MAX_MS": str(int(seconds * 1000)),
-        "PROGRESS_INTERVAL_MS": "500",
-        "JOB_CONCURRENCY": "200",
-        "RATE_LIMIT_MAX_REQUESTS": "100000000",
-        "LOG_FORMAT": "text",
-        "URL_SIGNING_SECRET": "bench",
-    }
-    nodes = [Replica(f"bench-{i}", env, tmp) for i in range(replicas)]
+    nodes: list[Managed]
+    if kind == "delineate":
+        # Jobs outlast the ramp of thousands of handshakes, so the steady window is --seconds.
+        job_s = args.seconds + ramp_allowance(args.subscribers)
+        env = {
+            "REDIS_URL": redis.url,
+            "DATA_DIR": str(tmp / "data"),
+            "DOWNLOAD_DELAY_MIN_MS": str(int(job_s * 1000)),
+            "DOWNLOAD_DELAY_MAX_MS": str(int(job_s * 1000)),
+            "PROGRESS_INTERVAL_MS": str(int(1000 / args.rate)),
+            "JOB_CONCURRENCY": str(max(8, args.jobs)),
+            "MAX_ACTIVE_JOBS_PER_OWNER": "0",
+            "MAX_SOCKETS_PER_IP": "1000000",
+            "RATE_LIMIT_MAX_REQUESTS": "100000000",
+            "LOG_FORMAT": "text",
+            "URL_SIGNING_SECRET": "bench",
+        }
+        nodes = [Replica(f"bench-{i}", env, tmp) for i in range(args.replicas)]
+    else:
+        app = REFERENCE_APPS[kind]
+        nodes = [ReferenceServer(f"{kind}-{i}", app, redis.url, tmp) for i in range(args.replicas)]
     for node in nodes:
-        node.start()
+        node.start()  # type: ignore[no-untyped-call]
     return redis, nodes
 
 
-def fanout(args: argparse.Namespace, nodes: list[Replica]) -> dict[str, Any]:
-    argv = [sys.executable, str(BENCH / "loadtest.py"), "--subscribers", str(args.subscribers),
-            "--sse", str(args.sse), "--jobs", str(args.jobs), "--files-per-job", "1",
-            "--max-seconds", str(args.seconds * 3 + 60)]  # fmt: skip
+def ramp_allowance(subscribers: int) -> float:
+    return 5 + subscribers / 500
+
+
+def fanout(kind: str, args: argparse.Namespace, nodes: list[Any]) -> dict[str, Any]:
+    sse = args.sse if kind == "delineate" else 0
+    argv = [sys.executable, str(BENCH / "loadtest.py"), "--protocol", kind,
+            "--subscribers", str(args.subscribers), "--sse", str(sse),
+            "--jobs", str(args.jobs), "--files-per-job", "1", "--rate", str(args.rate),
+            "--seconds", str(args.seconds),
+            "--max-seconds", str(args.seconds * 3 + 90)]  # fmt: skip
     for node in nodes:
         argv += ["--url", node.url, "--pid", str(node.pid)]
     out = subprocess.run(
-        argv, capture_output=True, text=True, timeout=args.seconds * 3 + 120, check=False
+        argv, capture_output=True, text=True, timeout=args.seconds * 3 + 150, check=False
     )
     if not out.stdout.strip():
-        raise SystemExit(f"load test failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"load test of {kind} failed:\n{out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
@@ -74,34 +124,72 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def hold_idle(nodes: list[Replica], count: int, hold_s: float) -> dict[str, Any]:
+async def open_idle(kind: str, node: Any, index: int) -> Any:
     from websockets.asyncio.client import connect
 
+    if kind == "delineate":
+        return await connect(f"{node.ws_url}/v1/ws", compression=None, open_timeout=60)
+    if kind == "broadcaster":
+        return await connect(f"{node.ws_url}/ws/idle-{index}", compression=None, open_timeout=60)
+    ws = await connect(f"{node.ws_url}/socket.io/?EIO=4&transport=websocket",
+                       compression=None, open_timeout=60)  # fmt: skip
+    await ws.recv()  # the open packet
+    await ws.send("40")
+    await ws.recv()  # connected to the namespace
+    return ws
+
+
+async def hold_idle(
+    kind: str, nodes: list[Any], count: int, hold_s: float, jobs: int = 0
+) -> dict[str, Any]:
+    """Open ``count`` idle sockets, hold them (while ``jobs`` Delineate jobs run), measure."""
     before = {n.name: rss_kib(n.pid or 0) for n in nodes}
-    sockets = []
     started = time.monotonic()
-    for i in range(count):
-        node = nodes[i % len(nodes)]
-        sockets.append(await connect(f"{node.ws_url}/v1/ws", compression=None, open_timeout=30))
+    sockets = []
+    batch = 200  # connect in batches: a backlog of 20,000 SYNs at once only measures the kernel
+    for first in range(0, count, batch):
+        opened = await asyncio.gather(
+            *(
+                open_idle(kind, nodes[i % len(nodes)], i)
+                for i in range(first, min(count, first + batch))
+            )
+        )
+        sockets.extend(opened)
     opened_s = time.monotonic() - started
-    for node in nodes:
-        loop_lag(node.url)  # a scrape resets the worst-lag window: measure the holding only
-    await asyncio.sleep(hold_s)
+    # Memory is measured with the sockets idle; jobs (if any) run afterwards, for the lag.
+    await asyncio.sleep(1.0)
     after = {n.name: rss_kib(n.pid or 0) for n in nodes}
-    lag = {n.name: loop_lag(n.url) for n in nodes}
+    lag: dict[str, float] = {}
+    if kind == "delineate":
+        for node in nodes:
+            loop_lag(node.url)  # a scrape resets the worst-lag window: measure the holding only
+        if jobs:
+            await start_jobs(nodes, jobs)
+        await asyncio.sleep(hold_s)
+        lag = {n.name: loop_lag(n.url) for n in nodes}
     alive = sum(1 for ws in sockets if ws.state.name == "OPEN")
-    for ws in sockets:
-        await ws.close()
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     grown = sum(after.values()) - sum(before.values())
     return {
+        "server": kind,
         "idle_sockets": count,
         "still_open": alive,
+        "running_jobs": jobs,
         "seconds_to_open": round(opened_s, 2),
         "replica_rss_kib_before": before,
         "replica_rss_kib_after": after,
         "kib_per_idle_socket": round(grown / count, 2) if count else None,
         "event_loop_lag_max_ms": lag,
     }
+
+
+async def start_jobs(nodes: list[Any], count: int) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        for i in range(count):
+            url = f"{nodes[i % len(nodes)].url}/v1/download/initiate"
+            (await client.post(url, json={"file_ids": [70000 + 7 * (i % 40)]})).raise_for_status()
 
 
 def loop_lag(url: str) -> float:
@@ -113,18 +201,50 @@ def loop_lag(url: str) -> float:
     return -1.0
 
 
+def table(report: dict[str, Any]) -> str:
+    columns = ["server", "delivered/s", "p50", "p95", "p99", "max", "lost", "dup",
+               "CPU us/frame", "peak RSS MiB", "KiB/idle socket"]  # fmt: skip
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for kind, result in report.get("fanout", {}).items():
+        lat = result["latency_ms"]
+        idle = report.get("idle_per_server", {}).get(kind, {})
+        rss = sum(result.get("server_peak_rss_kib", {}).values()) / 1024
+        rows.append(
+            f"| {kind} | {result['frames_per_second']:,.0f} | {lat['p50']} ms | {lat['p95']} ms "
+            f"| {lat['p99']} ms | {lat['max']} ms | {result['lost_frames']} "
+            f"| {result['duplicate_frames']} | {result.get('server_cpu_us_per_frame')} "
+            f"| {rss:.0f} | {idle.get('kib_per_idle_socket', '-')} |"
+        )
+    if "idle" in report:
+        idle = report["idle"]
+        rows.append("")
+        rows.append(
+            f"idle: {idle['idle_sockets']:,} sockets + {idle['running_jobs']} jobs on Delineate: "
+            f"{idle['kib_per_idle_socket']} KiB/socket, {idle['still_open']:,} still open, worst "
+            f"event-loop lag {max(idle['event_loop_lag_max_ms'].values(), default=-1)} ms"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scenario", choices=["fanout", "idle", "all"], default="all")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--replicas", type=int, default=2)
-    parser.add_argument("--subscribers", type=int, default=2000)
-    parser.add_argument("--sse", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--idle", type=int, default=5000, help="idle sockets for the idle scenario")
+    parser.add_argument("--subscribers", type=int, default=5000)
+    parser.add_argument("--sse", type=int, default=0, help="Delineate only: SSE subscribers")
+    parser.add_argument("--jobs", type=int, default=100, help="channels (jobs for Delineate)")
+    parser.add_argument("--rate", type=float, default=2, help="frames per second per channel")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--idle", type=int, default=20000, help="idle sockets, idle scenario")
+    parser.add_argument("--idle-per-server", type=int, default=5000, help="idle sockets per server")
     args = parser.parse_args(argv)
+    servers = [s for s in args.servers.split(",") if s]
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown servers: {sorted(unknown)}")
     import resource
 
     # Children inherit this: thousands of sockets need more than the usual 1024 descriptors.
@@ -139,20 +259,29 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": vars(args),
     }
     with tempfile.TemporaryDirectory(prefix="delineate-bench-") as tmp:
-        # Each scenario gets fresh processes, so one's memory high-water mark is not the other's.
-        for scenario in ("idle", "fanout"):
-            if args.scenario not in (scenario, "all"):
-                continue
-            redis, nodes = start_cluster(args.replicas, Path(tmp) / scenario, args.seconds)
+        # Every run gets fresh processes, so one's memory high-water mark is not the other's.
+        runs: list[tuple[str, str]] = []
+        if args.scenario in ("fanout", "all"):
+            runs += [("fanout", kind) for kind in servers]
+            runs += [("idle_per_server", kind) for kind in servers]
+        if args.scenario in ("idle", "all") and "delineate" in servers:
+            runs.append(("idle", "delineate"))
+        for scenario, kind in runs:
+            sys.stderr.write(f"{scenario}: {kind}\n")
+            redis, nodes = start_servers(kind, args, Path(tmp) / f"{scenario}-{kind}")
             try:
-                if scenario == "idle":
-                    report["idle"] = asyncio.run(hold_idle(nodes, args.idle, 3.0))
+                if scenario == "fanout":
+                    report.setdefault("fanout", {})[kind] = fanout(kind, args, nodes)
+                elif scenario == "idle_per_server":
+                    result = asyncio.run(hold_idle(kind, nodes, args.idle_per_server, 0))
+                    report.setdefault("idle_per_server", {})[kind] = result
                 else:
-                    report["fanout"] = fanout(args, nodes)
+                    report["idle"] = asyncio.run(hold_idle(kind, nodes, args.idle, 5.0, args.jobs))
             finally:
                 for node in nodes:
                     node.stop()
                 redis.stop()
+    sys.stderr.write(table(report) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 

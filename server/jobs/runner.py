@@ -33,7 +33,7 @@ from server.jobs.emitter import FrameEmitter, Superseded
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
 from server.observability import logs, sentry, tracing
-from server.storage.base import ObjectWriter, Storage
+from server.storage.base import CHUNK_SIZE, ObjectWriter, Storage
 from server.storage.keys import bundle_key, source_key
 
 log = logging.getLogger("delineate.jobs")
@@ -80,6 +80,19 @@ class JobFailure(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.error = JobError(code=code, message=message)
+
+
+MIN_CHUNK = 4 * 1024
+
+
+def paced_chunk_size(total_bytes: int, delay_s: float, interval_s: float) -> int:
+    """Read small enough chunks that a paced job makes progress every interval (a 1 MB file
+    spread over 20 s in 64 KiB chunks would move once a second whatever PROGRESS_INTERVAL_MS
+    says), but never below 4 KiB nor above the store's 64 KiB."""
+    if delay_s <= 0 or interval_s <= 0:
+        return CHUNK_SIZE
+    steps = delay_s / interval_s
+    return max(MIN_CHUNK, min(CHUNK_SIZE, int(total_bytes / steps)))
 
 
 class Pacer:
@@ -233,7 +246,9 @@ class JobRunner:
         self, emitter: FrameEmitter, files: list[FileProgress], writer: ObjectWriter
     ) -> int:
         job = emitter.record.job
-        pacer = Pacer(self._delay_s(), job.bytes_total, time.monotonic)
+        delay_s = self._delay_s()
+        pacer = Pacer(delay_s, job.bytes_total, time.monotonic)
+        chunk_size = paced_chunk_size(job.bytes_total, delay_s, self._config.progress_interval_s)
         bundle = ZipBundle()
         with bundle:
             for f in files:
@@ -241,7 +256,7 @@ class JobRunner:
                     "job.file", attributes={"file.id": f.file_id, "file.size": f.size or 0}
                 )
                 with span, bundle.entry(f"{f.file_id}.zip", f.size or 0) as entry:
-                    async for chunk in self._storage.read(source_key(f.file_id)):
+                    async for chunk in self._storage.read(source_key(f.file_id), chunk_size):
                         entry.write(chunk)
                         await writer.write(bundle.drain())
                         state.add_bytes(job, f, len(chunk))

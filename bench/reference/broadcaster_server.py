@@ -1,0 +1,64 @@
+"""encode/broadcaster + Starlette: one broadcaster subscription per socket, Redis pub/sub.
+
+Clients open ``/ws/{channel}`` and receive each frame as a text message.
+Run: uvicorn bench.reference.broadcaster_server:app
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+from broadcaster import Broadcast
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from bench.reference.publisher import health, publish_endpoint
+
+broadcast = Broadcast(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+
+
+async def follow(ws: WebSocket) -> None:
+    await ws.accept()
+    channel = ws.path_params["channel"]
+
+    async def until_closed() -> None:
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+    closed = asyncio.ensure_future(until_closed())
+    try:
+        async with broadcast.subscribe(channel=channel) as subscriber:
+            async for event in subscriber:
+                if closed.done():
+                    return
+                await ws.send_text(event.message)
+                if '"type":"completed"' in event.message:
+                    await ws.close()
+                    return
+    finally:
+        closed.cancel()
+
+
+async def send(channel: str, text: str) -> None:
+    await broadcast.publish(channel=channel, message=text)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    await broadcast.connect()
+    yield
+    await broadcast.disconnect()
+
+
+app = Starlette(
+    routes=[
+        WebSocketRoute("/ws/{channel}", follow),
+        Route("/publish", publish_endpoint(send), methods=["POST"]),
+        Route("/health", health),
+    ],
+    lifespan=lifespan,
+)
