@@ -26,13 +26,16 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import msgspec
-from websockets.asyncio.client import connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wsclient import WsConnection, open_ws
 
 
 class Header(msgspec.Struct):
@@ -81,59 +84,72 @@ class Watcher:
             return True
         return False
 
-    @property
-    def lost(self) -> int:
-        if self.final_seq is None:
+    def lost(self, last_seq: int | None) -> int:
+        """Frames of 1..``last_seq`` (the job's terminal seq, as any subscriber saw it) that
+        never arrived; a subscriber that never finished has lost everything it missed."""
+        if last_seq is None:
             return 0
-        return self.final_seq - len(self.seen & set(range(1, self.final_seq + 1)))
+        return last_seq - len(self.seen & set(range(1, last_seq + 1)))
+
+
+Handler = Callable[[WsConnection, bytes], None]
+
+
+async def follow(
+    url: str,
+    watcher: Watcher,
+    make_handler: Callable[[asyncio.Future[None]], Handler] | None = None,
+) -> None:
+    """One WebSocket subscriber: messages go to ``watcher`` until its terminal frame. The
+    default handler takes every message as a frame; ``make_handler`` speaks a protocol."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_frame(conn: WsConnection, raw: bytes) -> None:
+        if watcher.frame(raw) and not done.done():
+            done.set_result(None)
+
+    try:
+        conn = await open_ws(url, make_handler(done) if make_handler else on_frame)
+        if make_handler is None:
+            watcher.connected_ms = time.time() * 1000
+        await asyncio.wait([done, conn.closed], return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            watcher.error = f"closed {conn.close_code} before the terminal frame"
+        conn.close()
+    except Exception as exc:
+        watcher.error = repr(exc)
 
 
 async def ws_subscriber(url: str, watcher: Watcher) -> None:
-    try:
-        async with connect(f"{url}/v1/download/subscribe/{watcher.job_id}?since=0",
-                           compression=None, max_queue=None, open_timeout=30) as ws:  # fmt: skip
-            watcher.connected_ms = time.time() * 1000
-            async for raw in ws:
-                if watcher.frame(raw):
-                    return
-    except Exception as exc:
-        watcher.error = type(exc).__name__
-
-
-async def socketio_subscriber(url: str, watcher: Watcher) -> None:
-    """Engine.IO 4 over WebSocket, by hand (no extra client library): open, connect the
-    default namespace, ``join`` the channel with an ack, answer pings, read ``frame`` events."""
-    try:
-        async with connect(f"{url}/socket.io/?EIO=4&transport=websocket",
-                           compression=None, max_queue=None, open_timeout=30) as ws:  # fmt: skip
-            async for raw in ws:
-                assert isinstance(raw, str)
-                if raw == "2":
-                    await ws.send("3")
-                elif raw.startswith("0{"):
-                    await ws.send("40")
-                elif raw.startswith("40"):
-                    await ws.send(f'421["join","{watcher.job_id}"]')
-                elif raw.startswith("431"):
-                    watcher.connected_ms = time.time() * 1000  # in the room
-                elif raw.startswith("42"):
-                    event, data = json.loads(raw[2:])
-                    if event == "frame" and watcher.frame(data):
-                        return
-    except Exception as exc:
-        watcher.error = type(exc).__name__
+    await follow(f"{url}/v1/download/subscribe/{watcher.job_id}?since=0", watcher)
 
 
 async def broadcaster_subscriber(url: str, watcher: Watcher) -> None:
-    try:
-        async with connect(f"{url}/ws/{watcher.job_id}",
-                           compression=None, max_queue=None, open_timeout=30) as ws:  # fmt: skip
-            watcher.connected_ms = time.time() * 1000
-            async for raw in ws:
-                if watcher.frame(raw):
-                    return
-    except Exception as exc:
-        watcher.error = type(exc).__name__
+    await follow(f"{url}/ws/{watcher.job_id}", watcher)
+
+
+async def socketio_subscriber(url: str, watcher: Watcher) -> None:
+    """Engine.IO 4 over WebSocket: open, connect the default namespace, ``join`` the channel
+    with an ack, answer pings, read ``frame`` events."""
+
+    def handler(done: asyncio.Future[None]) -> Handler:
+        def on_message(conn: WsConnection, raw: bytes) -> None:
+            if raw == b"2":
+                conn.send_text("3")
+            elif raw.startswith(b"0{"):
+                conn.send_text("40")
+            elif raw.startswith(b"40"):
+                conn.send_text(f'421["join","{watcher.job_id}"]')
+            elif raw.startswith(b"431"):
+                watcher.connected_ms = time.time() * 1000  # in the room
+            elif raw.startswith(b"42"):
+                event, data = json.loads(raw[2:])
+                if event == "frame" and watcher.frame(data) and not done.done():
+                    done.set_result(None)
+
+        return on_message
+
+    await follow(f"{url}/socket.io/?EIO=4&transport=websocket", watcher, handler)
 
 
 async def sse_subscriber(client: httpx.AsyncClient, url: str, watcher: Watcher) -> None:
@@ -208,6 +224,15 @@ async def report_progress(watchers: list[Watcher], started: float) -> None:
         sys.stderr.flush()
 
 
+STAGGER_S = 0.002
+SETTLE_S = 2.0
+
+
+async def staggered(task: Any, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await task
+
+
 SUBSCRIBERS = {
     "delineate": ws_subscriber,
     "socketio": socketio_subscriber,
@@ -250,17 +275,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             else sse_subscriber(sse_client, urls[i % len(urls)], w)
             for i, w in enumerate(watchers)
         ]  # fmt: skip
+        if args.protocol == "broadcaster":
+            # encode/broadcaster loses subscriptions when two arrive at once (its Redis backend
+            # subscribes while its listener reads the same pub/sub connection): open them one
+            # after another, as its users have to.
+            tasks = [staggered(task, i * STAGGER_S) for i, task in enumerate(tasks)]
         progress = asyncio.ensure_future(report_progress(watchers, started))
         everyone = asyncio.gather(*tasks)
         try:
             async with asyncio.timeout(args.max_seconds):
                 await all_in(watchers)
-                # The steady state starts here: CPU and frames are counted from this moment.
-                steady["usage"] = {pid: process_usage(pid) for pid in args.pid}
-                steady["frames"] = sum(w.received for w in watchers)
                 if args.protocol != "delineate":
                     await asyncio.sleep(1)  # let the last subscriptions reach Redis
                     await start_publishing(urls, job_ids, args)
+                # The steady state starts a moment after the last subscriber is in (servers
+                # may still be sending the ramp's replays): latency, CPU and frames are
+                # counted from here, for every server alike.
+                await asyncio.sleep(SETTLE_S)
+                steady["ms"] = time.time() * 1000
+                steady["usage"] = {pid: process_usage(pid) for pid in args.pid}
+                steady["frames"] = sum(w.received for w in watchers)
                 await everyone
             timed_out = False
         except TimeoutError:
@@ -282,10 +316,16 @@ def summarize(
 ) -> dict[str, Any]:
     # Steady state: frames emitted once every subscriber was connected (the ramp of thousands
     # of handshakes and history replays is reported separately).
-    ramp_end = max((w.connected_ms for w in watchers if w.connected_ms != float("inf")), default=0)
+    ramp_end = steady_start.get("ms") or max(
+        (w.connected_ms for w in watchers if w.connected_ms != float("inf")), default=0
+    )
     steady = [lat for w in watchers for ts, lat in w.latencies if ts >= ramp_end]
     ramp = [lat for w in watchers for ts, lat in w.latencies if ts < ramp_end]
     frames = sum(w.received for w in watchers)
+    terminal: dict[str, int] = {}
+    for w in watchers:
+        if w.final_seq is not None:
+            terminal[w.job_id] = max(terminal.get(w.job_id, 0), w.final_seq)
     result: dict[str, Any] = {
         "protocol": args.protocol,
         "subscribers": {"websocket": args.subscribers, "sse": args.sse},
@@ -297,10 +337,11 @@ def summarize(
         "latency_ms": quantiles(steady),
         "latency_samples": len(steady),
         "latency_ms_during_ramp": quantiles(ramp),
-        "lost_frames": sum(w.lost for w in watchers),
+        "lost_frames": sum(w.lost(terminal.get(w.job_id)) for w in watchers),
         "duplicate_frames": sum(w.duplicates for w in watchers),
         "unfinished_subscribers": sum(w.final_seq is None for w in watchers),
         "connection_errors": sum(w.error is not None for w in watchers),
+        "error_examples": sorted({w.error for w in watchers if w.error})[:5],
     }
     if before:
         after = {pid: process_usage(pid) for pid in before}

@@ -96,7 +96,8 @@ def start_servers(
 
 
 def ramp_allowance(subscribers: int) -> float:
-    return 5 + subscribers / 500
+    """Seconds for the subscribers to connect, plus the settle time before measuring."""
+    return 8 + subscribers / 500
 
 
 def fanout(kind: str, args: argparse.Namespace, nodes: list[Any]) -> dict[str, Any]:
