@@ -44,6 +44,10 @@ EXPOSE_HEADERS = (
 )
 
 
+RAW_SEND_KEY = "delineate.raw_send"
+"""Where a WebSocket scope keeps the server's own ASGI ``send`` (this is the outermost app)."""
+
+
 def request_id_from(headers: Headers) -> str:
     """The caller's X-Request-ID when it is 1-128 printable characters, else a new uuid4."""
     incoming = headers.get("x-request-id", "")
@@ -93,6 +97,7 @@ class EdgeHeaders:
         request_id = request_id_from(headers)
         scope.setdefault("state", {})["request_id"] = request_id
         if scope["type"] == "websocket":
+            scope[RAW_SEND_KEY] = send  # see realtime.websocket.raw_sender
             await self.app(scope, receive, send)
             return
         extra = [(b"x-request-id", request_id.encode()), *SECURITY_HEADERS, *self._cors(headers)]

@@ -6,6 +6,9 @@ One registry per app, so several apps in one process (tests) do not collide.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -14,6 +17,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 JOB_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -34,15 +38,7 @@ class Metrics:
         self.connections = Gauge(
             "delineate_open_connections", "Open real-time connections", ["transport"], registry=r
         )
-        self.frames_sent = Counter(
-            "delineate_frames_sent_total", "Messages written to sockets", ["type"], registry=r
-        )
-        self._frames_by_type: dict[str, Counter] = {}
-        self.fanout_delay = Histogram(
-            "delineate_fanout_delay_seconds",
-            "From a frame's ts to the moment it is written to a socket",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        self.delivery = DeliveryStats(r)
         self.jobs_finished = Counter(
             "delineate_jobs_finished_total",
             "Jobs that ended, by final status",
@@ -71,15 +67,49 @@ class Metrics:
             ["action"], registry=r,
         )  # fmt: skip
 
-    def frames_sent_of(self, frame_type: str) -> Counter:
-        """The per-type child, looked up once: it is incremented for every socket write."""
-        child = self._frames_by_type.get(frame_type)
-        if child is None:
-            child = self._frames_by_type[frame_type] = self.frames_sent.labels(frame_type)
-        return child
-
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DeliveryStats:
+    """Counted on every socket write, the hottest path: ``delineate_frames_sent_total`` by type
+    and the ``delineate_fanout_delay_seconds`` histogram (a frame's ts to its write).
+
+    Plain integers updated from the one event loop, turned into metric families at scrape
+    time: prometheus_client's instruments take a lock per update, which cost more than the
+    rest of a write (profiled: 7 us of ~45 us per delivered frame)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sent: dict[str, int] = {}
+        self.bounds = LATENCY_BUCKETS
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.delay_sum = 0.0
+        registry.register(self)
+
+    def record(self, frame_type: str, delay_s: float | None) -> None:
+        sent = self.sent
+        sent[frame_type] = sent.get(frame_type, 0) + 1
+        if delay_s is not None:
+            self.buckets[bisect.bisect_left(self.bounds, delay_s)] += 1
+            self.delay_sum += delay_s
+
+    def collect(self) -> Iterator[Metric]:
+        frames = CounterMetricFamily(
+            "delineate_frames_sent", "Messages written to sockets", labels=["type"]
+        )
+        for frame_type, count in sorted(self.sent.items()):
+            frames.add_metric([frame_type], count)
+        yield frames
+        cumulative, total = [], 0
+        for bound, count in zip([*map(str, self.bounds), "+Inf"], self.buckets, strict=True):
+            total += count
+            cumulative.append((bound, total))
+        delay = HistogramMetricFamily(
+            "delineate_fanout_delay_seconds",
+            "From a frame's ts to the moment it is written to a socket",
+        )
+        delay.add_metric([], cumulative, sum_value=self.delay_sum)
+        yield delay
 
 
 class LoopLagMonitor:

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,24 +49,35 @@ class Telemetry:
             return
         headers = Headers(scope=scope)
         method = scope.get("method", "WS")
-        kind = trace.SpanKind.SERVER
-        with tracing.tracer().start_as_current_span(
-            method, context=tracing.extract(headers), kind=kind
-        ) as span:
-            trace_id = (
-                tracing.current_trace_id()
-                or tracing.trace_id_of(headers.get("traceparent"))
-                or secrets.token_hex(16)
-            )
-            request_id = scope["state"]["request_id"]
-            scope["state"]["trace_id"] = trace_id
-            tokens = (logs.request_id_var.set(request_id), logs.trace_id_var.set(trace_id))
-            try:
+        # Started and ended by hand rather than with the context-manager helpers: a socket
+        # holds this frame for its whole life, and each suspended generator costs memory.
+        span = tracing.tracer().start_span(
+            method, context=tracing.extract(headers), kind=trace.SpanKind.SERVER
+        )
+        attached = otel_context.attach(trace.set_span_in_context(span))
+        trace_id = (
+            tracing.current_trace_id()
+            or tracing.trace_id_of(headers.get("traceparent"))
+            or secrets.token_hex(16)
+        )
+        request_id = scope["state"]["request_id"]
+        scope["state"]["trace_id"] = trace_id
+        tokens = (logs.request_id_var.set(request_id), logs.trace_id_var.set(trace_id))
+        try:
+            if self.sentry:
                 with sentry_scope(self.sentry, {"request_id": request_id, "trace_id": trace_id}):
                     await self._serve(scope, receive, send, span, trace_id)
-            finally:
-                logs.request_id_var.reset(tokens[0])
-                logs.trace_id_var.reset(tokens[1])
+            else:
+                await self._serve(scope, receive, send, span, trace_id)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR)
+            raise
+        finally:
+            logs.request_id_var.reset(tokens[0])
+            logs.trace_id_var.reset(tokens[1])
+            otel_context.detach(attached)
+            span.end()
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, span: trace.Span, trace_id: str

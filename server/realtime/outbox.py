@@ -60,7 +60,7 @@ class Outbox:
     __slots__ = (
         "_clock",
         "_items",
-        "_ready",
+        "_waiter",
         "coalesced",
         "deadline_s",
         "full_since",
@@ -82,7 +82,8 @@ class Outbox:
         self.deadline_s = deadline_s
         self._clock = clock
         self._items: deque[Outgoing] = deque()
-        self._ready = asyncio.Event()
+        # The writer's wake-up, only while it waits: lighter than an asyncio.Event per socket.
+        self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
         self.coalesced = 0
         self.full_since: float | None = None
@@ -97,7 +98,12 @@ class Outbox:
         if len(self._items) >= self.limit and not self._queue_when_full(item):
             return
         self._items.append(item)
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _queue_when_full(self, item: Outgoing) -> bool:
         """Apply the policy to ``item`` arriving at a full outbox; True: append it."""
@@ -127,7 +133,7 @@ class Outbox:
     def _overflow(self) -> None:
         self.overflowed = True
         self._items.clear()
-        self._ready.set()
+        self._wake()
         if self.on_overflow is not None:
             self.on_overflow()
 
@@ -138,8 +144,11 @@ class Outbox:
     async def get(self) -> Outgoing | None:
         """The next message; None once the outbox overflowed (close the connection)."""
         while not self._items and not self.overflowed:
-            self._ready.clear()
-            await self._ready.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         if self.overflowed:
             return None
         item = self._items.popleft()

@@ -1,15 +1,13 @@
-"""What every real-time connection records: its span, the connection gauge, frames sent,
-fan-out delay and slow-consumer events. One object per connection, shared by WS and SSE."""
+"""What every real-time connection records: the connection gauge, frames sent, fan-out delay,
+slow-consumer events, and its frame count on the connection's span. One object per
+connection, shared by WS and SSE."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 
 from opentelemetry import trace
 
-from server.observability import tracing
 from server.observability.metrics import Metrics
 from server.realtime.outbox import Outbox, Outgoing
 
@@ -18,25 +16,23 @@ class Session:
     def __init__(self, metrics: Metrics, transport: str, outbox: Outbox) -> None:
         self.metrics, self.transport, self.outbox = metrics, transport, outbox
         self.frames = 0
-        self._delay = metrics.fanout_delay
+        self._record = metrics.delivery.record
 
     def sent(self, item: Outgoing) -> None:
         self.frames += 1
-        self.metrics.frames_sent_of(item.type).inc()
-        if item.ts:
-            self._delay.observe(max(0.0, time.time() - item.ts / 1000))
+        self._record(item.type, max(0.0, time.time() - item.ts / 1000) if item.ts else None)
 
-    @contextlib.contextmanager
-    def open(self, name: str) -> Iterator[trace.Span]:
-        gauge = self.metrics.connections.labels(self.transport)
-        gauge.inc()
-        with tracing.tracer().start_as_current_span(name) as span:
-            try:
-                yield span
-            finally:
-                gauge.dec()
-                span.set_attribute("frames.sent", self.frames)
-                self._slow_consumer_events()
+    def start(self) -> None:
+        self.metrics.connections.labels(self.transport).inc()
+
+    def finish(self) -> None:
+        """The connection ended: gauges, slow-consumer counters, and the frame count on the
+        request's span (the Telemetry middleware's span covers the whole connection)."""
+        self.metrics.connections.labels(self.transport).dec()
+        span = trace.get_current_span()
+        span.set_attribute("realtime.transport", self.transport)
+        span.set_attribute("frames.sent", self.frames)
+        self._slow_consumer_events()
 
     def _slow_consumer_events(self) -> None:
         if self.outbox.coalesced:

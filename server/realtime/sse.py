@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -68,13 +70,13 @@ class EventStream(Response):
         hub: Hub,
         watch: Watch,
         session: Session,
-        held: contextlib.ExitStack,
+        release: Callable[[], None],
         draining: asyncio.Event,
         *,
         keepalive_s: float,
         retry_ms: int,
     ) -> None:
-        self._held, self._draining = held, draining
+        self._release, self._draining = release, draining
         self._started = False
         super().__init__(headers=SSE_HEADERS, media_type=self.media_type)
         # Response assumed an empty body; a stream has no length.
@@ -83,8 +85,12 @@ class EventStream(Response):
         self._keepalive_s, self._retry_ms = keepalive_s, retry_ms
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with self._held, self._session.open("sse.stream"):
+        self._session.start()
+        try:
             await self._stream(receive, send)
+        finally:
+            self._session.finish()
+            self._release()
 
     async def _stream(self, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -139,14 +145,13 @@ async def stream(request: Request) -> Response:
     """GET /v1/download/stream/{job_id}: the job's frames as an event stream."""
     services = services_of(request)
     outbox = outbox_for(services.settings)
-    held = contextlib.ExitStack()
-    held.enter_context(services.connections.hold(request))  # 429 past the per-address cap
+    address = services.connections.acquire(request)  # 429 past the per-address cap
     try:
         job_id = job_id_param(request)
         await services.jobs.authorize(job_id, principal_of(request.scope))
         watch = await services.hub.watch(job_id, resume_point(request), outbox)
     except BaseException:
-        held.close()
+        services.connections.release(address)
         raise
     settings = services.settings
     session = Session(services.metrics, "sse", outbox)
@@ -154,7 +159,7 @@ async def stream(request: Request) -> Response:
         services.hub,
         watch,
         session,
-        held,
+        functools.partial(services.connections.release, address),
         services.draining,
         keepalive_s=settings.sse_keepalive_s,
         retry_ms=settings.sse_retry_ms,

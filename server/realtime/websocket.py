@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Callable, Coroutine
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.api.params import job_id_param, services_of
 from server.auth import principal_of
+from server.edge import RAW_SEND_KEY
 from server.errors import DelineateError, RateLimited
 from server.frames import (
     AckMessage,
@@ -95,35 +96,74 @@ async def _first_done(*aws: asyncio.Future[None] | asyncio.Task[None]) -> None:
             raise exc
 
 
-@contextlib.asynccontextmanager
-async def admitted(ws: WebSocket) -> AsyncIterator[bool]:
-    """Accept the socket if its Origin and its address's connection count allow it.
+async def admit(ws: WebSocket, services: Services) -> str | None:
+    """Accept the socket if its Origin and its address's connection count allow it; return
+    the address held (``connections.release`` it), or None when refused.
 
     A foreign Origin is refused before the handshake completes (HTTP 403); an address over
     its cap gets an error message and close 1013 (try again later)."""
-    services = services_of(ws)
     if not origin_allowed(ws, services.settings):
         await ws.close(CLOSE_POLICY)
-        yield False
-        return
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(services.connections.hold(ws))
-        except RateLimited as exc:
-            await ws.accept()
-            await ws.send_text(error_item(exc.code, exc.message).text)
-            await _close(ws, CLOSE_SLOW_CONSUMER, exc.message)
-            yield False
-            return
+        return None
+    try:
+        address = services.connections.acquire(ws)
+    except RateLimited as exc:
         await ws.accept()
-        yield True
+        await ws.send_text(error_item(exc.code, exc.message).text)
+        await _close(ws, CLOSE_SLOW_CONSUMER, exc.message)
+        return None
+    try:
+        await ws.accept()
+    except BaseException:
+        services.connections.release(address)
+        raise
+    return address
 
 
 async def subscribe_one(ws: WebSocket) -> None:
     """WS /v1/download/subscribe/{job_id}[?since=SEQ]"""
-    async with admitted(ws) as ok:
-        if ok:
-            await _subscribe_one(ws)
+    await _serve(ws, _subscribe_one)
+
+
+async def multiplexed(ws: WebSocket) -> None:
+    """WS /v1/ws: many jobs, one socket."""
+    await _serve(ws, _multiplexed)
+
+
+Handler = Callable[[WebSocket, Services, Outbox, Session], Coroutine[None, None, None]]
+
+
+async def _serve(ws: WebSocket, handler: Handler) -> None:
+    """Admission, then the connection's outbox and session around ``handler``. Straight-line
+    code on purpose: thousands of these are suspended at once, and every generator-based
+    context manager held across the connection's life costs memory per socket."""
+    services = services_of(ws)
+    address = await admit(ws, services)
+    if address is None:
+        return
+    outbox = outbox_for(services.settings)
+    session = Session(services.metrics, "websocket", outbox)
+    session.start()
+    try:
+        await handler(ws, services, outbox, session)
+    finally:
+        session.finish()
+        services.connections.release(address)
+
+
+def raw_sender(ws: WebSocket) -> Callable[[str], Coroutine[None, None, None]]:
+    """``send_text`` straight to the server's ASGI ``send`` (kept by ``EdgeHeaders``),
+    skipping Starlette's per-message state checks and wrappers: this runs once per frame per
+    socket. Only text frames of an accepted socket go this way; accept and close still go
+    through Starlette, which tracks the connection's state."""
+    send = ws.scope.get(RAW_SEND_KEY)
+    if send is None:
+        return ws.send_text
+
+    async def send_text(text: str) -> None:
+        await send({"type": "websocket.send", "text": text})
+
+    return send_text
 
 
 async def _start_writer(outbox: Outbox, writing: Coroutine[None, None, None]) -> asyncio.Task[None]:
@@ -141,52 +181,39 @@ async def _close_slow_consumer(ws: WebSocket) -> None:
         await asyncio.wait_for(_close(ws, CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON), CLOSE_WAIT_S)
 
 
-async def _subscribe_one(ws: WebSocket) -> None:
-    services = services_of(ws)
-    outbox = outbox_for(services.settings)
-    session = Session(services.metrics, "websocket", outbox)
-    with session.open("ws.subscribe"):
-        try:
-            job_id = job_id_param(ws)
-            since = parse_since(ws.query_params.get("since"))
-            await services.jobs.authorize(job_id, principal_of(ws.scope))
-            watch = await services.hub.watch(job_id, since, outbox)
-        except DelineateError as exc:
-            await ws.send_text(error_item(exc.code, exc.message).text)
-            await _close(ws, exc.close_code, exc.message)
-            return
-        try:
-            writer = await _start_writer(outbox, _write_one(ws, outbox, session))
-            await _first_done(writer, asyncio.ensure_future(_drain_incoming(ws)))
-        finally:
-            services.hub.unwatch(watch)
-        if outbox.overflowed:
-            await _close_slow_consumer(ws)
+async def _subscribe_one(
+    ws: WebSocket, services: Services, outbox: Outbox, session: Session
+) -> None:
+    try:
+        job_id = job_id_param(ws)
+        since = parse_since(ws.query_params.get("since"))
+        await services.jobs.authorize(job_id, principal_of(ws.scope))
+        watch = await services.hub.watch(job_id, since, outbox)
+    except DelineateError as exc:
+        await ws.send_text(error_item(exc.code, exc.message).text)
+        await _close(ws, exc.close_code, exc.message)
+        return
+    try:
+        writer = await _start_writer(outbox, _write_one(ws, outbox, session))
+        await _first_done(writer, asyncio.ensure_future(_drain_incoming(ws)))
+    finally:
+        services.hub.unwatch(watch)
+    if outbox.overflowed:
+        await _close_slow_consumer(ws)
 
 
 async def _write_one(ws: WebSocket, outbox: Outbox, session: Session) -> None:
+    send_text = raw_sender(ws)
     while (item := await outbox.get()) is not None:
-        await ws.send_text(item.text)
+        await send_text(item.text)
         session.sent(item)
         if item.terminal:
             await _close(ws, CLOSE_NORMAL, "job finished")
             return
 
 
-async def multiplexed(ws: WebSocket) -> None:
-    """WS /v1/ws: many jobs, one socket."""
-    async with admitted(ws) as ok:
-        if ok:
-            await _multiplexed(ws)
-
-
-async def _multiplexed(ws: WebSocket) -> None:
-    services = services_of(ws)
-    outbox = outbox_for(services.settings)
-    session = Session(services.metrics, "websocket", outbox)
-    with session.open("ws.multiplexed"):
-        mux = MuxSession(ws, services, outbox, session)
-        await mux.run()
+async def _multiplexed(ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
+    await MuxSession(ws, services, outbox, session).run()
 
 
 class MuxSession:
@@ -203,13 +230,33 @@ class MuxSession:
         self._watches: dict[str, Watch] = {}
 
     async def run(self) -> None:
+        """Read ops in this task, write frames in one other: one task fewer per socket than
+        a reader and a writer side by side (thousands of sockets sit idle here)."""
+        main = asyncio.current_task()
+        assert main is not None
+        writer = await _start_writer(self._outbox, self._write())
+
+        def writer_ended(_: object) -> None:
+            main.cancel()  # overflowed or broken: stop reading too
+
+        writer.add_done_callback(writer_ended)
         try:
-            writer = await _start_writer(self._outbox, self._write())
-            await _first_done(writer, asyncio.ensure_future(self._read()))
+            await self._read()
+        except asyncio.CancelledError:
+            if not writer.done():
+                raise  # cancelled from outside (shutdown)
+            main.uncancel()
         finally:
+            writer.remove_done_callback(writer_ended)
+            writer.cancel()
+            await asyncio.wait([writer])
             for watch in self._watches.values():
                 self._hub.unwatch(watch)
             self._watches.clear()
+        if not writer.cancelled():
+            error = writer.exception()
+            if error is not None and not isinstance(error, WebSocketDisconnect | OSError):
+                raise error
         if self._outbox.overflowed:
             await _close_slow_consumer(self._ws)
         elif self._idle.expired():
@@ -217,8 +264,9 @@ class MuxSession:
             await _close(self._ws, CLOSE_IDLE, reason)
 
     async def _write(self) -> None:
+        send_text = raw_sender(self._ws)
         while (item := await self._outbox.get()) is not None:
-            await self._ws.send_text(item.text)
+            await send_text(item.text)
             self._session.sent(item)
             if item.terminal:
                 watch = self._watches.pop(item.job_id, None)
