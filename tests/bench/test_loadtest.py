@@ -43,3 +43,30 @@ def test_refuses_remote_targets() -> None:
     )  # fmt: skip
     assert out.returncode != 0
     assert "refusing non-loopback" in out.stderr
+
+
+RUN = SCRIPT.parent / "run.py"
+
+
+def test_make_bench_compares_three_servers_with_tiny_numbers() -> None:
+    """`make bench` end to end with tiny numbers: Delineate, python-socketio and broadcaster
+    each deliver every frame once to every subscriber, and the table names all three."""
+    out = subprocess.run(
+        [sys.executable, str(RUN), "--subscribers", "20", "--jobs", "2", "--seconds", "1",
+         "--idle", "30", "--idle-per-server", "10"],
+        capture_output=True, text=True, timeout=400, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert set(report["fanout"]) == {"delineate", "socketio", "broadcaster"}
+    for server, result in report["fanout"].items():
+        assert result["lost_frames"] == 0, server
+        assert result["duplicate_frames"] == 0, server
+        assert result["unfinished_subscribers"] == 0, server
+        assert result["frames_delivered"] >= 20 * 2, server
+        assert result["server_cpu_us_per_frame"] is not None, server
+        assert report["idle_per_server"][server]["still_open"] == 10
+    assert report["idle"]["still_open"] == 30
+    assert report["idle"]["event_loop_lag_max_ms"]
+    for server in ("delineate", "socketio", "broadcaster"):
+        assert f"| {server} |" in out.stderr
