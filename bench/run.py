@@ -140,22 +140,50 @@ async def open_idle(kind: str, node: Any, index: int) -> Any:
     return ws
 
 
+PER_HOLDER = 8000
+"""Sockets one holder process opens: a process may have only so many descriptors."""
+
+
+async def open_many(kind: str, urls: list[str], first: int, count: int) -> list[Any]:
+    nodes = [argparse.Namespace(ws_url="ws" + url.removeprefix("http")) for url in urls]
+    sockets = []
+    batch = 200  # connect in batches: a backlog of 20,000 SYNs at once only measures the kernel
+    for start in range(first, first + count, batch):
+        stop = min(first + count, start + batch)
+        sockets += await asyncio.gather(
+            *(open_idle(kind, nodes[i % len(nodes)], i) for i in range(start, stop))
+        )
+    return sockets
+
+
+async def hold(kind: str, urls: list[str], first: int, count: int) -> None:
+    """A holder process: open the sockets, say so, keep them until stdin closes."""
+    sockets = await open_many(kind, urls, first, count)
+    print(sum(1 for ws in sockets if ws.state.name == "OPEN"), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    alive = sum(1 for ws in sockets if ws.state.name == "OPEN")
+    print(alive, flush=True)
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
 async def hold_idle(
     kind: str, nodes: list[Any], count: int, hold_s: float, jobs: int = 0
 ) -> dict[str, Any]:
-    """Open ``count`` idle sockets, hold them (while ``jobs`` Delineate jobs run), measure."""
+    """Open ``count`` idle sockets (from holder processes of PER_HOLDER each), hold them
+    (while ``jobs`` Delineate jobs run), measure the replicas."""
     before = {n.name: rss_kib(n.pid or 0) for n in nodes}
     started = time.monotonic()
-    sockets = []
-    batch = 200  # connect in batches: a backlog of 20,000 SYNs at once only measures the kernel
-    for first in range(0, count, batch):
-        opened = await asyncio.gather(
-            *(
-                open_idle(kind, nodes[i % len(nodes)], i)
-                for i in range(first, min(count, first + batch))
+    urls = ",".join(n.url for n in nodes)
+    holders = []
+    for first in range(0, count, PER_HOLDER):
+        n = min(PER_HOLDER, count - first)
+        argv = [sys.executable, __file__, "--hold", kind, urls, str(first), str(n)]
+        holders.append(
+            await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
             )
         )
-        sockets.extend(opened)
+    opened = [int((await h.stdout.readline()) or 0) for h in holders]  # type: ignore[union-attr]
     opened_s = time.monotonic() - started
     # Memory is measured with the sockets idle; jobs (if any) run afterwards, for the lag.
     await asyncio.sleep(1.0)
@@ -168,12 +196,16 @@ async def hold_idle(
             await start_jobs(nodes, jobs)
         await asyncio.sleep(hold_s)
         lag = {n.name: loop_lag(n.url) for n in nodes}
-    alive = sum(1 for ws in sockets if ws.state.name == "OPEN")
-    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    alive = 0
+    for holder in holders:
+        holder.stdin.close()  # type: ignore[union-attr]
+        alive += int((await holder.stdout.readline()) or 0)  # type: ignore[union-attr]
+        await holder.wait()
     grown = sum(after.values()) - sum(before.values())
     return {
         "server": kind,
         "idle_sockets": count,
+        "opened": sum(opened),
         "still_open": alive,
         "running_jobs": jobs,
         "seconds_to_open": round(opened_s, 2),
@@ -228,6 +260,11 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--hold"]:
+        _, kind, urls, first, count = argv
+        asyncio.run(hold(kind, urls.split(","), int(first), int(count)))
+        return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
