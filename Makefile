@@ -30,7 +30,7 @@ typecheck:
 pytest:
 	CI=$${CI:-true} $(BIN)/pytest
 
-bench:  ## fan-out and idle-socket benchmarks on loopback; prints JSON
+bench:  ## Delineate vs python-socketio vs broadcaster, fan-out + idle sockets on loopback; table + JSON
 	@bash .ci/install
 	$(BIN)/python bench/run.py
 
