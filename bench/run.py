@@ -97,7 +97,7 @@ def start_servers(
 
 def ramp_allowance(subscribers: int) -> float:
     """Seconds for the subscribers to connect, plus the settle time before measuring."""
-    return 8 + subscribers / 500
+    return 3 + subscribers / 500
 
 
 def fanout(kind: str, args: argparse.Namespace, nodes: list[Any]) -> dict[str, Any]:

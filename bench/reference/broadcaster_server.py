@@ -47,10 +47,41 @@ async def send(channel: str, text: str) -> None:
     await broadcast.publish(channel=channel, message=text)
 
 
+async def hold_listener_open(listening: asyncio.Event, stop: asyncio.Event) -> None:
+    """Keep broadcaster's Redis listener running for the app's life.
+
+    Its listener starts on a subscribe and stops for good if it looks before Redis has
+    confirmed the SUBSCRIBE (no channels yet): a handful of sockets that all subscribe in
+    that moment then never hear a frame. The usual workaround: hold one subscription of
+    our own, retried on a fresh channel until a message comes back through it.
+    """
+    for attempt in range(50):
+        channel = f"__listener-{os.getpid()}-{attempt}"
+        async with broadcast.subscribe(channel=channel) as subscriber:
+            await broadcast.publish(channel=channel, message="ping")
+            try:
+                async with asyncio.timeout(0.5):
+                    await anext(aiter(subscriber))
+            except TimeoutError:
+                continue
+            listening.set()
+            await stop.wait()
+            return
+    raise RuntimeError("broadcaster's Redis listener never started")
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     await broadcast.connect()
+    listening, stop = asyncio.Event(), asyncio.Event()
+    holder = asyncio.ensure_future(hold_listener_open(listening, stop))
+    ready = asyncio.ensure_future(listening.wait())
+    await asyncio.wait([holder, ready], return_when=asyncio.FIRST_COMPLETED)
+    if holder.done():
+        holder.result()  # raises: the server must not start deaf
     yield
+    stop.set()
+    await holder
     await broadcast.disconnect()
 
 

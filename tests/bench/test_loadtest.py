@@ -48,11 +48,12 @@ def test_refuses_remote_targets() -> None:
 RUN = SCRIPT.parent / "run.py"
 
 
+@pytest.mark.timeout(400)  # seven short runs, each on fresh processes
 def test_make_bench_compares_three_servers_with_tiny_numbers() -> None:
     """`make bench` end to end with tiny numbers: Delineate, python-socketio and broadcaster
     each deliver every frame once to every subscriber, and the table names all three."""
     out = subprocess.run(
-        [sys.executable, str(RUN), "--subscribers", "20", "--jobs", "2", "--seconds", "1",
+        [sys.executable, str(RUN), "--subscribers", "20", "--jobs", "2", "--seconds", "4",
          "--idle", "30", "--idle-per-server", "10"],
         capture_output=True, text=True, timeout=400, check=False,
     )  # fmt: skip

@@ -43,8 +43,11 @@ def test_the_api_keeps_its_openapi_promises(
             "30",
             "--seed",
             SEED,
+            # One worker: with several threads, hypothesis' lambda descriptions (ast.parse) hit
+            # a CPython 3.11 bug ("AST constructor recursion depth mismatch"), a crash of the
+            # tool rather than a finding.
             "--workers",
-            "2",
+            "1",
             "--request-timeout",
             "20",
             *headers,
