@@ -26,7 +26,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -35,6 +35,7 @@ import httpx
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sseclient import open_sse
 from wsclient import WsConnection, open_ws
 
 
@@ -96,36 +97,46 @@ Handler = Callable[[WsConnection, bytes], None]
 
 
 async def follow(
-    url: str,
+    connect: Callable[[Callable[[Any, bytes], None]], Awaitable[Any]],
     watcher: Watcher,
     make_handler: Callable[[asyncio.Future[None]], Handler] | None = None,
 ) -> None:
-    """One WebSocket subscriber: messages go to ``watcher`` until its terminal frame. The
-    default handler takes every message as a frame; ``make_handler`` speaks a protocol."""
+    """One subscriber: ``connect(on_message)`` opens a WebSocket or SSE connection whose
+    messages go to ``watcher`` until its terminal frame. The default handler takes every
+    message as a frame; ``make_handler`` speaks a protocol."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def on_frame(conn: WsConnection, raw: bytes) -> None:
+    def on_frame(conn: Any, raw: bytes) -> None:
         if watcher.frame(raw) and not done.done():
             done.set_result(None)
 
     try:
-        conn = await open_ws(url, make_handler(done) if make_handler else on_frame)
+        conn = await connect(make_handler(done) if make_handler else on_frame)
         if make_handler is None:
             watcher.connected_ms = time.time() * 1000
         await asyncio.wait([done, conn.closed], return_when=asyncio.FIRST_COMPLETED)
         if not done.done():
-            watcher.error = f"closed {conn.close_code} before the terminal frame"
+            code = getattr(conn, "close_code", "")
+            watcher.error = f"closed {code} before the terminal frame".replace("  ", " ")
         conn.close()
     except Exception as exc:
         watcher.error = repr(exc)
 
 
 async def ws_subscriber(url: str, watcher: Watcher) -> None:
-    await follow(f"{url}/v1/download/subscribe/{watcher.job_id}?since=0", watcher)
+    url = f"{url}/v1/download/subscribe/{watcher.job_id}?since=0"
+    await follow(lambda on_message: open_ws(url, on_message), watcher)
+
+
+async def sse_subscriber(url: str, watcher: Watcher) -> None:
+    url = "http" + url.removeprefix("ws") + f"/v1/download/stream/{watcher.job_id}"
+    headers = {"Last-Event-ID": "0"}
+    await follow(lambda on_event: open_sse(url, on_event, headers), watcher)
 
 
 async def broadcaster_subscriber(url: str, watcher: Watcher) -> None:
-    await follow(f"{url}/ws/{watcher.job_id}", watcher)
+    url = f"{url}/ws/{watcher.job_id}"
+    await follow(lambda on_message: open_ws(url, on_message), watcher)
 
 
 async def socketio_subscriber(url: str, watcher: Watcher) -> None:
@@ -149,21 +160,8 @@ async def socketio_subscriber(url: str, watcher: Watcher) -> None:
 
         return on_message
 
-    await follow(f"{url}/socket.io/?EIO=4&transport=websocket", watcher, handler)
-
-
-async def sse_subscriber(client: httpx.AsyncClient, url: str, watcher: Watcher) -> None:
-    headers = {"Last-Event-ID": "0"}
-    try:
-        async with client.stream(
-            "GET", f"{url}/v1/download/stream/{watcher.job_id}", headers=headers
-        ) as r:
-            watcher.connected_ms = time.time() * 1000
-            async for line in r.aiter_lines():
-                if line.startswith("data: ") and watcher.frame(line[6:]):
-                    return
-    except Exception as exc:
-        watcher.error = type(exc).__name__
+    url = f"{url}/socket.io/?EIO=4&transport=websocket"
+    await follow(lambda on_message: open_ws(url, on_message), watcher, handler)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -224,6 +222,7 @@ async def report_progress(watchers: list[Watcher], started: float) -> None:
         sys.stderr.flush()
 
 
+INITIATE_LOAD = Path(__file__).resolve().parent / "initiate_load.py"
 STAGGER_S = 0.002
 SETTLE_S = 2.0
 
@@ -256,6 +255,17 @@ async def start_publishing(urls: list[str], channels: list[str], args: argparse.
             (await client.post(f"{url}/publish", json=body)).raise_for_status()
 
 
+async def start_initiate_load(urls: list[str], args: argparse.Namespace) -> Any:
+    """``bench/initiate_load.py`` in its own process (this one is busy with the subscribers)."""
+    argv = [str(INITIATE_LOAD),
+            "--rate", str(args.initiate_rate), "--seconds", str(args.initiate_seconds)]  # fmt: skip
+    for url in urls:
+        argv += ["--url", url]
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *argv, stdout=asyncio.subprocess.PIPE
+    )
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     urls = [u.rstrip("/") for u in args.url]
     ws_urls = ["ws" + u.removeprefix("http") for u in urls]
@@ -266,41 +276,47 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         job_ids = [f"bench-{i}" for i in range(args.jobs)]
     watchers = [Watcher(job_ids[i % len(job_ids)]) for i in range(args.subscribers + args.sse)]
     subscriber = SUBSCRIBERS[args.protocol]
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     started = time.monotonic()
     steady: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=None, limits=limits) as sse_client:
-        tasks = [
-            subscriber(ws_urls[i % len(urls)], w) if i < args.subscribers
-            else sse_subscriber(sse_client, urls[i % len(urls)], w)
-            for i, w in enumerate(watchers)
-        ]  # fmt: skip
-        if args.protocol == "broadcaster":
-            # encode/broadcaster loses subscriptions when two arrive at once (its Redis backend
-            # subscribes while its listener reads the same pub/sub connection): open them one
-            # after another, as its users have to.
-            tasks = [staggered(task, i * STAGGER_S) for i, task in enumerate(tasks)]
-        progress = asyncio.ensure_future(report_progress(watchers, started))
-        everyone = asyncio.gather(*tasks)
-        try:
-            async with asyncio.timeout(args.max_seconds):
-                await all_in(watchers)
-                if args.protocol != "delineate":
-                    await asyncio.sleep(1)  # let the last subscriptions reach Redis
-                    await start_publishing(urls, job_ids, args)
-                # The steady state starts a moment after the last subscriber is in (servers
-                # may still be sending the ramp's replays): latency, CPU and frames are
-                # counted from here, for every server alike.
-                await asyncio.sleep(SETTLE_S)
-                steady["ms"] = time.time() * 1000
-                steady["usage"] = {pid: process_usage(pid) for pid in args.pid}
-                steady["frames"] = sum(w.received for w in watchers)
-                await everyone
-            timed_out = False
-        except TimeoutError:
-            timed_out = True
-            everyone.cancel()
-        progress.cancel()
+    tasks = [
+        (subscriber if i < args.subscribers else sse_subscriber)(ws_urls[i % len(urls)], w)
+        for i, w in enumerate(watchers)
+    ]
+    if args.protocol == "broadcaster":
+        # encode/broadcaster loses subscriptions when two arrive at once (its Redis backend
+        # subscribes while its listener reads the same pub/sub connection): open them one
+        # after another, as its users have to.
+        tasks = [staggered(task, i * STAGGER_S) for i, task in enumerate(tasks)]
+    progress = asyncio.ensure_future(report_progress(watchers, started))
+    everyone = asyncio.gather(*tasks)
+    initiate = None
+    try:
+        async with asyncio.timeout(args.max_seconds):
+            await all_in(watchers)
+            if args.protocol != "delineate":
+                await asyncio.sleep(1)  # let the last subscriptions reach Redis
+                await start_publishing(urls, job_ids, args)
+            # The steady state starts a moment after the last subscriber is in (servers
+            # may still be sending the ramp's replays): latency, CPU and frames are
+            # counted from here, for every server alike.
+            await asyncio.sleep(SETTLE_S)
+            steady["ms"] = time.time() * 1000
+            steady["usage"] = {pid: process_usage(pid) for pid in args.pid}
+            steady["frames"] = sum(w.received for w in watchers)
+            if args.initiate_rate:
+                initiate = await start_initiate_load(urls, args)
+            await everyone
+            if initiate is not None:
+                out, _ = await initiate.communicate()
+                steady["initiate"] = json.loads(out or b"null")
+        timed_out = False
+    except TimeoutError:
+        timed_out = True
+        everyone.cancel()
+        if initiate is not None and initiate.returncode is None:
+            initiate.kill()  # our own child, by its handle
+            await initiate.wait()
+    progress.cancel()
     elapsed = time.monotonic() - started
     sys.stderr.write("\n")
     return summarize(args, watchers, elapsed, timed_out, before, steady)
@@ -343,6 +359,8 @@ def summarize(
         "connection_errors": sum(w.error is not None for w in watchers),
         "error_examples": sorted({w.error for w in watchers if w.error})[:5],
     }
+    if "initiate" in steady_start:
+        result["initiate_under_load"] = steady_start["initiate"]
     if before:
         after = {pid: process_usage(pid) for pid in before}
         cpu = sum(after[p][0] - before[p][0] for p in before)
@@ -378,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=sorted(SUBSCRIBERS), default="delineate")
     parser.add_argument("--rate", type=float, default=2, help="reference servers: frames/s")
     parser.add_argument("--seconds", type=float, default=20, help="reference servers: duration")
+    parser.add_argument(
+        "--initiate-rate", type=float, default=0, help="initiate requests/s during steady state"
+    )
+    parser.add_argument("--initiate-seconds", type=float, default=10)
     args = parser.parse_args(argv)
     args.url = args.url or ["http://127.0.0.1:3000"]
     check_loopback(args.url, args.allow_remote)

@@ -8,7 +8,9 @@ frames/s for ``--seconds`` and then a terminal frame. For Delineate a channel is
 servers (``bench/reference``) it is a publisher loop inside the replicas. Reported per server:
 delivered/s, latency p50/p95/p99/max (frame ts -> receipt, steady state), lost, duplicated,
 server CPU per delivered frame, peak RSS, and KiB per idle socket (a separate run holding
-``--idle-per-server`` idle sockets).
+``--idle-per-server`` idle sockets). Two more Delineate runs with the same workload: every
+subscriber on SSE instead of WebSocket (row "delineate-sse"), and the WebSocket run again
+while `POST /v1/download/initiate` arrives at ``--initiate-rate`` requests/s (its latency).
 
 Scenario "idle": ``--idle`` (20,000) idle sockets held by Delineate's replicas while
 ``--jobs`` jobs run; reports KiB per socket and the worst event-loop lag (a 10 ms ticker).
@@ -100,13 +102,23 @@ def ramp_allowance(subscribers: int) -> float:
     return 3 + subscribers / 500
 
 
-def fanout(kind: str, args: argparse.Namespace, nodes: list[Any]) -> dict[str, Any]:
-    sse = args.sse if kind == "delineate" else 0
+def fanout(
+    kind: str, args: argparse.Namespace, nodes: list[Any], *, sse: bool = False,
+    initiate_rate: float = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """One load-test run: every subscriber on WebSocket, or (``sse``) every one on SSE;
+    with ``initiate_rate``, initiate requests arrive at that rate during the steady window."""
+    ws, sse_count = (0, args.subscribers) if sse else (args.subscribers, 0)
     argv = [sys.executable, str(BENCH / "loadtest.py"), "--protocol", kind,
-            "--subscribers", str(args.subscribers), "--sse", str(sse),
+            "--subscribers", str(ws), "--sse", str(sse_count),
             "--jobs", str(args.jobs), "--files-per-job", "1", "--rate", str(args.rate),
             "--seconds", str(args.seconds),
             "--max-seconds", str(args.seconds * 3 + 90)]  # fmt: skip
+    if initiate_rate:
+        # Inside the steady window: Delineate's jobs outlast the ramp by about --seconds, less
+        # the load test's 2 s settle.
+        window = max(1.0, args.seconds - 3)
+        argv += ["--initiate-rate", str(initiate_rate), "--initiate-seconds", str(window)]
     for node in nodes:
         argv += ["--url", node.url, "--pid", str(node.pid)]
     out = subprocess.run(
@@ -248,6 +260,17 @@ def table(report: dict[str, Any]) -> str:
             f"| {result['duplicate_frames']} | {result.get('server_cpu_us_per_frame')} "
             f"| {rss:.0f} | {idle.get('kib_per_idle_socket', '-')} |"
         )
+    if "initiate" in report:
+        run = report["initiate"]
+        load = run.get("initiate_under_load") or {}
+        lat = load.get("latency_ms", {})
+        rows.append("")
+        rows.append(
+            f"initiate under load: {load.get('rate_achieved')} requests/s while "
+            f"{run['subscribers']['websocket']:,} sockets stream: p50 {lat.get('p50')} ms, "
+            f"p99 {lat.get('p99')} ms, max {lat.get('max')} ms, {load.get('errors')} errors "
+            f"(frames meanwhile: p99 {run['latency_ms']['p99']} ms, {run['lost_frames']} lost)"
+        )
     if "idle" in report:
         idle = report["idle"]
         rows.append("")
@@ -268,11 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenario", choices=["fanout", "idle", "all"], default="all")
+    parser.add_argument(
+        "--scenario", choices=["fanout", "sse", "initiate", "idle", "all"], default="all"
+    )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--subscribers", type=int, default=5000)
-    parser.add_argument("--sse", type=int, default=0, help="Delineate only: SSE subscribers")
+    parser.add_argument(
+        "--initiate-rate", type=float, default=200, help="initiate requests/s (0: skip that run)"
+    )
     parser.add_argument("--jobs", type=int, default=100, help="channels (jobs for Delineate)")
     parser.add_argument("--rate", type=float, default=2, help="frames per second per channel")
     parser.add_argument("--seconds", type=float, default=20)
@@ -301,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[tuple[str, str]] = []
         if args.scenario in ("fanout", "all"):
             runs += [("fanout", kind) for kind in servers]
+        if args.scenario in ("sse", "all") and "delineate" in servers:
+            runs.append(("sse", "delineate"))
+        if args.scenario in ("initiate", "all") and "delineate" in servers and args.initiate_rate:
+            runs.append(("initiate", "delineate"))
+        if args.scenario in ("fanout", "all"):
             runs += [("idle_per_server", kind) for kind in servers]
         if args.scenario in ("idle", "all") and "delineate" in servers:
             runs.append(("idle", "delineate"))
@@ -310,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if scenario == "fanout":
                     report.setdefault("fanout", {})[kind] = fanout(kind, args, nodes)
+                elif scenario == "sse":
+                    report.setdefault("fanout", {})["delineate-sse"] = fanout(
+                        kind, args, nodes, sse=True
+                    )
+                elif scenario == "initiate":
+                    report["initiate"] = fanout(kind, args, nodes, initiate_rate=args.initiate_rate)
                 elif scenario == "idle_per_server":
                     result = asyncio.run(hold_idle(kind, nodes, args.idle_per_server, 0))
                     report.setdefault("idle_per_server", {})[kind] = result

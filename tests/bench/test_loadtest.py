@@ -48,26 +48,35 @@ def test_refuses_remote_targets() -> None:
 RUN = SCRIPT.parent / "run.py"
 
 
-@pytest.mark.timeout(400)  # seven short runs, each on fresh processes
+@pytest.mark.timeout(500)  # nine short runs, each on fresh processes
 def test_make_bench_compares_three_servers_with_tiny_numbers() -> None:
-    """`make bench` end to end with tiny numbers: Delineate, python-socketio and broadcaster
-    each deliver every frame once to every subscriber, and the table names all three."""
+    """`make bench` end to end with tiny numbers: Delineate (over WebSocket and over SSE),
+    python-socketio and broadcaster each deliver every frame once to every subscriber, initiate
+    requests during the stream all succeed, and the table names every row."""
     out = subprocess.run(
         [sys.executable, str(RUN), "--subscribers", "20", "--jobs", "2", "--seconds", "4",
-         "--idle", "30", "--idle-per-server", "10"],
-        capture_output=True, text=True, timeout=400, check=False,
+         "--idle", "30", "--idle-per-server", "10", "--initiate-rate", "20"],
+        capture_output=True, text=True, timeout=500, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
-    assert set(report["fanout"]) == {"delineate", "socketio", "broadcaster"}
+    assert set(report["fanout"]) == {"delineate", "delineate-sse", "socketio", "broadcaster"}
+    assert report["fanout"]["delineate-sse"]["subscribers"] == {"websocket": 0, "sse": 20}
     for server, result in report["fanout"].items():
         assert result["lost_frames"] == 0, server
         assert result["duplicate_frames"] == 0, server
         assert result["unfinished_subscribers"] == 0, server
         assert result["frames_delivered"] >= 20 * 2, server
         assert result["server_cpu_us_per_frame"] is not None, server
+    for server in ("delineate", "socketio", "broadcaster"):
         assert report["idle_per_server"][server]["still_open"] == 10
+    initiate = report["initiate"]["initiate_under_load"]
+    assert initiate["requests"] == 20  # 20/s over the 1 s window that 4 s jobs leave
+    assert initiate["errors"] == 0, initiate["error_examples"]
+    assert 0 < initiate["latency_ms"]["p50"] <= initiate["latency_ms"]["max"]
+    assert report["initiate"]["lost_frames"] == 0
     assert report["idle"]["still_open"] == 30
     assert report["idle"]["event_loop_lag_max_ms"]
-    for server in ("delineate", "socketio", "broadcaster"):
+    for server in ("delineate", "delineate-sse", "socketio", "broadcaster"):
         assert f"| {server} |" in out.stderr
+    assert "initiate under load: " in out.stderr
