@@ -64,7 +64,7 @@ class Watcher:
         self.received = 0
         self.duplicates = 0
         self.final_seq: int | None = None
-        self.latencies: list[tuple[float, float]] = []  # (frame ts, latency) in ms
+        self.latencies: list[tuple[float, float, str]] = []  # (frame ts, latency ms, type)
         self.error: str | None = None
 
     def frame(self, raw: str | bytes) -> bool:
@@ -79,7 +79,7 @@ class Watcher:
         self.seen.add(header.seq)
         if header.ts >= self.connected_ms:
             # Only live frames: replayed history was sent before this subscriber connected.
-            self.latencies.append((header.ts, now - header.ts))
+            self.latencies.append((header.ts, now - header.ts, header.type))
         if header.type in TERMINAL:
             self.final_seq = header.seq
             return True
@@ -335,8 +335,13 @@ def summarize(
     ramp_end = steady_start.get("ms") or max(
         (w.connected_ms for w in watchers if w.connected_ms != float("inf")), default=0
     )
-    steady = [lat for w in watchers for ts, lat in w.latencies if ts >= ramp_end]
-    ramp = [lat for w in watchers for ts, lat in w.latencies if ts < ramp_end]
+    steady = [lat for w in watchers for ts, lat, _ in w.latencies if ts >= ramp_end]
+    ramp = [lat for w in watchers for ts, lat, _ in w.latencies if ts < ramp_end]
+    by_type: dict[str, list[float]] = {}
+    for w in watchers:
+        for ts, lat, kind in w.latencies:
+            if ts >= ramp_end:
+                by_type.setdefault(kind, []).append(lat)
     frames = sum(w.received for w in watchers)
     terminal: dict[str, int] = {}
     for w in watchers:
@@ -353,6 +358,11 @@ def summarize(
         "latency_ms": quantiles(steady),
         "latency_samples": len(steady),
         "latency_ms_during_ramp": quantiles(ramp),
+        # Where the tail comes from: steady-state latency per frame type, with its count.
+        "latency_ms_by_type": {
+            kind: {**quantiles(values), "frames": len(values)}
+            for kind, values in sorted(by_type.items())
+        },
         "lost_frames": sum(w.lost(terminal.get(w.job_id)) for w in watchers),
         "duplicate_frames": sum(w.duplicates for w in watchers),
         "unfinished_subscribers": sum(w.final_seq is None for w in watchers),
