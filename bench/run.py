@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -305,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--idle", type=int, default=20000, help="idle sockets, idle scenario")
     parser.add_argument("--idle-per-server", type=int, default=5000, help="idle sockets per server")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="keep the servers' logs and data under DIR (else deleted)"
+    )
     args = parser.parse_args(argv)
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
     servers = [s for s in args.servers.split(",") if s]
     unknown = set(servers) - set(SERVERS)
     if unknown:
@@ -323,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "parameters": vars(args),
     }
-    with tempfile.TemporaryDirectory(prefix="delineate-bench-") as tmp:
+    workdir: Any = (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="delineate-bench-", dir=args.keep))
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="delineate-bench-")
+    )
+    with workdir as tmp:
         # Every run gets fresh processes, so one's memory high-water mark is not the other's.
         runs: list[tuple[str, str]] = []
         if args.scenario in ("fanout", "all"):
