@@ -116,8 +116,8 @@ async def follow(
             watcher.connected_ms = time.time() * 1000
         await asyncio.wait([done, conn.closed], return_when=asyncio.FIRST_COMPLETED)
         if not done.done():
-            code = getattr(conn, "close_code", "")
-            watcher.error = f"closed {code} before the terminal frame".replace("  ", " ")
+            code = getattr(conn, "close_code", None)  # SSE has none
+            watcher.error = f"closed {code or ''} before the terminal frame"
         conn.close()
     except Exception as exc:
         watcher.error = repr(exc)
@@ -129,7 +129,7 @@ async def ws_subscriber(url: str, watcher: Watcher) -> None:
 
 
 async def sse_subscriber(url: str, watcher: Watcher) -> None:
-    url = "http" + url.removeprefix("ws") + f"/v1/download/stream/{watcher.job_id}"
+    url = f"{url}/v1/download/stream/{watcher.job_id}"
     headers = {"Last-Event-ID": "0"}
     await follow(lambda on_event: open_sse(url, on_event, headers), watcher)
 
@@ -279,9 +279,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     steady: dict[str, Any] = {}
     tasks = [
-        (subscriber if i < args.subscribers else sse_subscriber)(ws_urls[i % len(urls)], w)
+        subscriber(ws_urls[i % len(urls)], w) if i < args.subscribers
+        else sse_subscriber(urls[i % len(urls)], w)
         for i, w in enumerate(watchers)
-    ]
+    ]  # fmt: skip
     if args.protocol == "broadcaster":
         # encode/broadcaster loses subscriptions when two arrive at once (its Redis backend
         # subscribes while its listener reads the same pub/sub connection): open them one
@@ -335,13 +336,15 @@ def summarize(
     ramp_end = steady_start.get("ms") or max(
         (w.connected_ms for w in watchers if w.connected_ms != float("inf")), default=0
     )
-    steady = [lat for w in watchers for ts, lat, _ in w.latencies if ts >= ramp_end]
-    ramp = [lat for w in watchers for ts, lat, _ in w.latencies if ts < ramp_end]
-    by_type: dict[str, list[float]] = {}
+    ramp: list[float] = []
+    by_type: dict[str, list[float]] = {}  # steady state, per frame type
     for w in watchers:
         for ts, lat, kind in w.latencies:
             if ts >= ramp_end:
                 by_type.setdefault(kind, []).append(lat)
+            else:
+                ramp.append(lat)
+    steady = [lat for values in by_type.values() for lat in values]
     frames = sum(w.received for w in watchers)
     terminal: dict[str, int] = {}
     for w in watchers:

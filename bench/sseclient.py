@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from urllib.parse import urlparse
+
+from rawclient import open_get
 
 OnEvent = Callable[["SseConnection", bytes], None]
 GUARD = 16 * 1024 * 1024  # a chunk larger than this is a protocol error here
@@ -115,20 +116,5 @@ async def open_sse(
     url: str, on_event: OnEvent, headers: dict[str, str] | None = None, timeout_s: float = 30
 ) -> SseConnection:
     """Connect, send the GET and wait for the response head."""
-    parts = urlparse(url)
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout_s):
-        _, conn = await loop.create_connection(
-            lambda: SseConnection(on_event), parts.hostname, parts.port
-        )
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
-        f"Accept: text/event-stream\r\n{extra}\r\n"
-    )
-    assert conn.transport is not None
-    conn.transport.write(request.encode())
-    async with asyncio.timeout(timeout_s):
-        await conn.opened
-    return conn
+    headers = {"Accept": "text/event-stream", **(headers or {})}
+    return await open_get(url, lambda: SseConnection(on_event), headers, timeout_s)

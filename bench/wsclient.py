@@ -14,7 +14,8 @@ import base64
 import os
 import struct
 from collections.abc import Callable
-from urllib.parse import urlparse
+
+from rawclient import open_get
 
 OnMessage = Callable[["WsConnection", bytes], None]
 GUARD = 64 * 1024 * 1024  # a frame larger than this is a protocol error here
@@ -131,21 +132,10 @@ class WsConnection(asyncio.Protocol):
 
 async def open_ws(url: str, on_message: OnMessage, timeout_s: float = 30) -> WsConnection:
     """Connect and complete the opening handshake."""
-    parts = urlparse(url)
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout_s):
-        _, conn = await loop.create_connection(
-            lambda: WsConnection(on_message), parts.hostname, parts.port
-        )
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    assert conn.transport is not None
-    conn.transport.write(request.encode())
-    async with asyncio.timeout(timeout_s):
-        await conn.opened
-    return conn
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Version": "13",
+    }
+    return await open_get(url, lambda: WsConnection(on_message), headers, timeout_s)
