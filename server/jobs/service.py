@@ -1,8 +1,12 @@
-"""The job service: creates jobs, runs them on a bounded pool of workers, cancels them.
+"""The job service: creates jobs, runs them on a bounded pool of slots, cancels them.
 
-Workers take job ids from the store's queue, so at most ``concurrency`` jobs run at once on
-this replica and the rest wait as ``queued``. Each running job is a task of its own, kept
-in ``_running`` so cancel can reach it. Every task is supervised: failures are logged.
+One dispatcher per replica takes job ids from the store's queue, and only while one of its
+``concurrency`` slots is free: at most that many jobs run at once on this replica, the rest
+wait as ``queued`` for whichever replica frees a slot first. One taker rather than one per
+slot: an idle replica asks the queue once per poll, not ``concurrency`` times (a hundred
+workers polling in step showed up as a latency spike on every socket once a second).
+Each running job is a task of its own, kept in ``_running`` so cancel can reach it. Every
+task is supervised: failures are logged.
 """
 
 from __future__ import annotations
@@ -80,29 +84,27 @@ class JobService:
         self._runner = JobRunner(
             storage=storage, broker=broker, store=store, config=config, stop_reason=self._reason
         )
-        self._workers: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._slots: set[asyncio.Task[None]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stop_reasons: dict[str, str] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"job-worker-{i}")
-            for i in range(self._concurrency)
-        ]
-        for task in self._workers:
-            task.add_done_callback(_log_failure)
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="job-dispatcher")
+        self._dispatcher.add_done_callback(_log_failure)
 
     async def stop(self) -> None:
         """Stop taking work; hand running jobs back to the queue."""
-        for task in self._workers:
-            task.cancel()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
         for job_id, task in list(self._running.items()):
             self._stop_reasons.setdefault(job_id, "shutdown")
             task.cancel()
-        await asyncio.gather(*self._workers, *self._running.values(), return_exceptions=True)
-        self._workers.clear()
+        dispatcher = [self._dispatcher] if self._dispatcher is not None else []
+        await asyncio.gather(*dispatcher, *self._slots, return_exceptions=True)
+        self._dispatcher = None
 
     @property
     def running(self) -> int:
@@ -272,24 +274,38 @@ class JobService:
         self._observe(record)
         return True
 
-    async def _work(self) -> None:
+    async def _dispatch(self) -> None:
+        free = asyncio.Semaphore(self._concurrency)
         failures = 0
         while True:
+            await free.acquire()
             try:
                 job_id = await self._store.take()
             except BackendUnavailable:
+                free.release()
                 failures += 1
                 await asyncio.sleep(full_jitter(failures, base=0.1, cap=5.0))
                 continue
+            except BaseException:
+                free.release()
+                raise
             failures = 0
-            try:
-                await self._run_one(job_id)
-            except BackendUnavailable as exc:
-                # The job's lease lapses and another worker (maybe this one) runs it again.
-                log.warning("job %s interrupted: %s", job_id, exc)
-            finally:
-                with contextlib.suppress(BackendUnavailable):
-                    await self._store.ack(job_id)
+            slot = asyncio.create_task(self._slot(job_id), name=f"job-slot-{job_id}")
+            self._slots.add(slot)
+            slot.add_done_callback(self._slots.discard)
+            slot.add_done_callback(lambda _: free.release())
+            slot.add_done_callback(_log_failure)
+
+    async def _slot(self, job_id: str) -> None:
+        """Run one taken job, then give its queue entry back (whatever the outcome)."""
+        try:
+            await self._run_one(job_id)
+        except BackendUnavailable as exc:
+            # The job's lease lapses and another worker (maybe this one) runs it again.
+            log.warning("job %s interrupted: %s", job_id, exc)
+        finally:
+            with contextlib.suppress(BackendUnavailable):
+                await self._store.ack(job_id)
 
     async def _run_one(self, job_id: str) -> None:
         record = await self._store.get(job_id)

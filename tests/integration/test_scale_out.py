@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -240,6 +241,46 @@ async def test_cancel_and_idempotency_work_from_any_replica(cluster: Cluster) ->
         frames = await ws_collect(f"{a.ws_url}/v1/download/subscribe/{first['jobId']}?since=0")
     assert frames.frames[-1]["type"] == "cancelled"
     assert [f["type"] for f in frames.frames].count("cancelled") == 1
+
+
+async def test_a_replica_reads_the_queue_once_and_only_into_a_free_slot(
+    cluster: Cluster, redis_backend: Backend
+) -> None:
+    """However many slots, an idle replica has one blocked read on the queue (not one per
+    slot), and never runs more jobs than it has slots; the rest wait queued and all finish."""
+    a, b = cluster(
+        2, JOB_CONCURRENCY="3", DOWNLOAD_DELAY_MIN_MS="1500", DOWNLOAD_DELAY_MAX_MS="1500"
+    )
+    assert redis_backend.redis is not None
+    redis = aioredis.Redis.from_url(redis_backend.redis.url)
+    try:
+        blocked = []
+        for _ in range(10):
+            blocked.append((await redis.info("clients"))["blocked_clients"])
+            await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
+    assert max(blocked) == 2, blocked  # one per replica
+    async with (
+        httpx.AsyncClient(base_url=a.url, timeout=10) as http_a,
+        httpx.AsyncClient(base_url=b.url, timeout=10) as http_b,
+    ):
+        clients = [http_a, http_b]
+        jobs = [(await initiate(clients[i % 2], [70000]))["jobId"] for i in range(10)]
+        most: dict[str, int] = {}
+        statuses: list[str] = []
+        for _ in range(200):
+            views = [(await http_a.get(f"/v1/download/status/{j}")).json() for j in jobs]
+            statuses = [v["status"] for v in views]
+            for worker in {v["worker"] for v in views if v["status"] == "processing"}:
+                running = sum(v["status"] == "processing" and v["worker"] == worker for v in views)
+                most[worker] = max(most.get(worker, 0), running)
+            if all(s == "completed" for s in statuses):
+                break
+            await asyncio.sleep(0.1)
+    assert statuses == ["completed"] * 10
+    assert set(most) == {a.name, b.name}
+    assert max(most.values()) <= 3, most
 
 
 async def test_sigterm_drains_the_replica_and_the_job_moves_on(
