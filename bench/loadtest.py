@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import json
 import os
@@ -345,6 +346,10 @@ def summarize(
             else:
                 ramp.append(lat)
     steady = [lat for values in by_type.values() for lat in values]
+    if args.samples:
+        # Every sample, for looking at when the tail happens: [frame ts ms, latency ms, type].
+        samples = [sample for w in watchers for sample in w.latencies]
+        Path(args.samples).write_bytes(msgspec.json.encode(samples))
     frames = sum(w.received for w in watchers)
     terminal: dict[str, int] = {}
     for w in watchers:
@@ -413,11 +418,16 @@ def main(argv: list[str] | None = None) -> int:
         "--initiate-rate", type=float, default=0, help="initiate requests/s during steady state"
     )
     parser.add_argument("--initiate-seconds", type=float, default=10)
+    parser.add_argument("--samples", help="write every latency sample to this JSON file")
     args = parser.parse_args(argv)
     args.url = args.url or ["http://127.0.0.1:3000"]
     check_loopback(args.url, args.allow_remote)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # No cyclic collections while measuring: a full one walks every latency sample kept so
+    # far (hundreds of thousands) and stalls this loop for 100 ms or more, which showed up as
+    # a latency spike on every server alike. The run is bounded; its few cycles can wait.
+    gc.disable()
     try:
         import uvloop
     except ImportError:

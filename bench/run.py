@@ -105,10 +105,11 @@ def ramp_allowance(subscribers: int) -> float:
 
 def fanout(
     kind: str, args: argparse.Namespace, nodes: list[Any], *, sse: bool = False,
-    initiate_rate: float = 0,
+    initiate_rate: float = 0, samples: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One load-test run: every subscriber on WebSocket, or (``sse``) every one on SSE;
-    with ``initiate_rate``, initiate requests arrive at that rate during the steady window."""
+    with ``initiate_rate``, initiate requests arrive at that rate during the steady window;
+    with ``samples``, every latency sample is written there."""
     ws, sse_count = (0, args.subscribers) if sse else (args.subscribers, 0)
     argv = [sys.executable, str(BENCH / "loadtest.py"), "--protocol", kind,
             "--subscribers", str(ws), "--sse", str(sse_count),
@@ -120,6 +121,8 @@ def fanout(
         # the load test's 2 s settle.
         window = max(1.0, args.seconds - 3)
         argv += ["--initiate-rate", str(initiate_rate), "--initiate-seconds", str(window)]
+    if samples is not None:
+        argv += ["--samples", str(samples)]
     for node in nodes:
         argv += ["--url", node.url, "--pid", str(node.pid)]
     out = subprocess.run(
@@ -307,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=20000, help="idle sockets, idle scenario")
     parser.add_argument("--idle-per-server", type=int, default=5000, help="idle sockets per server")
     parser.add_argument(
-        "--keep", metavar="DIR", help="keep the servers' logs and data under DIR (else deleted)"
+        "--keep",
+        metavar="DIR",
+        help="keep the servers' logs and data, and every latency sample, under DIR",
     )
     args = parser.parse_args(argv)
     if args.keep:
@@ -349,16 +354,23 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("idle", "delineate"))
         for scenario, kind in runs:
             sys.stderr.write(f"{scenario}: {kind}\n")
-            redis, nodes = start_servers(kind, args, Path(tmp) / f"{scenario}-{kind}")
+            run_dir = Path(tmp) / f"{scenario}-{kind}"
+            redis, nodes = start_servers(kind, args, run_dir)
+            # With --keep, every latency sample too ([frame ts ms, latency ms, type]).
+            samples = run_dir / "latency-samples.json" if args.keep else None
             try:
                 if scenario == "fanout":
-                    report.setdefault("fanout", {})[kind] = fanout(kind, args, nodes)
+                    report.setdefault("fanout", {})[kind] = fanout(
+                        kind, args, nodes, samples=samples
+                    )
                 elif scenario == "sse":
                     report.setdefault("fanout", {})["delineate-sse"] = fanout(
-                        kind, args, nodes, sse=True
+                        kind, args, nodes, sse=True, samples=samples
                     )
                 elif scenario == "initiate":
-                    report["initiate"] = fanout(kind, args, nodes, initiate_rate=args.initiate_rate)
+                    report["initiate"] = fanout(
+                        kind, args, nodes, initiate_rate=args.initiate_rate, samples=samples
+                    )
                 elif scenario == "idle_per_server":
                     result = asyncio.run(hold_idle(kind, nodes, args.idle_per_server, 0))
                     report.setdefault("idle_per_server", {})[kind] = result
