@@ -97,7 +97,7 @@ class EdgeHeaders:
         request_id = request_id_from(headers)
         scope.setdefault("state", {})["request_id"] = request_id
         if scope["type"] == "websocket":
-            scope[RAW_SEND_KEY] = send  # see realtime.websocket.raw_sender
+            scope[RAW_SEND_KEY] = send  # see realtime.websocket.FrameWriter
             await self.app(scope, receive, send)
             return
         extra = [(b"x-request-id", request_id.encode()), *SECURITY_HEADERS, *self._cors(headers)]

@@ -25,13 +25,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from server.realtime.wire import format_sse_event, text_frame
 from server.settings import Settings
 
 
 class Outgoing:
     """One message for one connection; the same object is shared by every local watcher."""
 
-    __slots__ = ("job_id", "seq", "terminal", "text", "ts", "type")
+    __slots__ = ("_sse_event", "_ws_frame", "job_id", "seq", "terminal", "text", "ts", "type")
 
     def __init__(
         self,
@@ -44,6 +45,24 @@ class Outgoing:
     ) -> None:
         self.job_id, self.seq, self.type, self.text = job_id, seq, type, text
         self.terminal, self.ts = terminal, ts
+        self._ws_frame: bytes | None = None
+        self._sse_event: bytes | None = None
+
+    @property
+    def ws_frame(self) -> bytes:
+        """This message as a WebSocket text frame, built once for every socket it goes to."""
+        frame = self._ws_frame
+        if frame is None:
+            frame = self._ws_frame = text_frame(self.text.encode())
+        return frame
+
+    @property
+    def sse_event(self) -> bytes:
+        """This message as an SSE event (id = seq, event = type), built once likewise."""
+        event = self._sse_event
+        if event is None:
+            event = self._sse_event = format_sse_event(self.text, event=self.type, id=self.seq)
+        return event
 
     def __repr__(self) -> str:
         return f"Outgoing({self.job_id[:8]}, {self.seq}, {self.type})"
@@ -63,6 +82,7 @@ class Outbox:
         "_waiter",
         "coalesced",
         "deadline_s",
+        "direct",
         "full_since",
         "hard_limit",
         "limit",
@@ -88,12 +108,22 @@ class Outbox:
         self.coalesced = 0
         self.full_since: float | None = None
         self.on_overflow: Callable[[], object] | None = None
+        # Delivery without the writer task: tried only while the writer waits for work and
+        # nothing is queued (so order is kept); False from it means "queue it as usual".
+        self.direct: Callable[[Outgoing], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put(self, item: Outgoing) -> None:
         if self.overflowed:
+            return
+        if (
+            self._waiter is not None
+            and not self._items
+            and self.direct is not None
+            and self.direct(item)
+        ):
             return
         if len(self._items) >= self.limit and not self._queue_when_full(item):
             return

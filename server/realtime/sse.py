@@ -22,26 +22,21 @@ from server.api.params import job_id_param, services_of
 from server.auth import principal_of
 from server.errors import BadRequest
 from server.realtime.hub import Hub, Watch
-from server.realtime.outbox import outbox_for
+from server.realtime.outbox import CONTROL_SEQ, Outgoing, outbox_for
 from server.realtime.session import Session
+from server.realtime.wire import format_sse_event
+
+__all__ = ["EventStream", "format_retry", "format_sse_event", "parse_since", "stream"]
 
 KEEPALIVE = b": keepalive\n\n"
+KEEPALIVE_SLACK_S = 0.005  # a timer may fire a hair early
+KEEPALIVE_DUE = Outgoing("", CONTROL_SEQ, "keepalive", "")
+"""Queued by the stream's timer when nothing went out for the keepalive interval."""
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",  # tells nginx not to buffer this response
     "Connection": "keep-alive",
 }
-
-
-def format_sse_event(data: str, *, event: str | None = None, id: int | None = None) -> bytes:
-    """One SSE event. ``data`` may hold newlines; each line becomes its own ``data:`` field."""
-    lines = []
-    if id is not None:
-        lines.append(f"id: {id}")
-    if event is not None:
-        lines.append(f"event: {event}")
-    lines.extend(f"data: {line}" for line in data.split("\n"))
-    return ("\n".join(lines) + "\n\n").encode()
 
 
 def format_retry(retry_ms: int) -> bytes:
@@ -83,6 +78,8 @@ class EventStream(Response):
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self._hub, self._watch, self._session = hub, watch, session
         self._keepalive_s, self._retry_ms = keepalive_s, retry_ms
+        self._last_sent = 0.0
+        self._keepalive: asyncio.TimerHandle | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._session.start()
@@ -116,20 +113,36 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         self._started = True
         await _body(send, format_retry(self._retry_ms))
-        outbox = self._watch.outbox
-        while True:
-            try:
-                async with asyncio.timeout(self._keepalive_s):
-                    item = await outbox.get()
-            except TimeoutError:
-                await _body(send, KEEPALIVE)
-                continue
-            if item is None:
-                return  # overflowed: end the stream; EventSource reconnects with Last-Event-ID
-            await _body(send, format_sse_event(item.text, event=item.type, id=item.seq))
-            self._session.sent(item)
-            if item.terminal:
-                return
+        loop = asyncio.get_running_loop()
+        self._last_sent = loop.time()
+        self._arm_keepalive()
+        try:
+            while (item := await self._watch.outbox.get()) is not None:
+                if item is KEEPALIVE_DUE:
+                    await _body(send, KEEPALIVE)
+                    continue
+                await _body(send, item.sse_event)
+                self._last_sent = loop.time()
+                self._session.sent(item)
+                if item.terminal:
+                    return
+            # The outbox overflowed: end the stream; EventSource reconnects with Last-Event-ID.
+        finally:
+            if self._keepalive is not None:
+                self._keepalive.cancel()
+
+    def _arm_keepalive(self) -> None:
+        """One timer per stream, due a keepalive interval after the last event, rather than
+        a timeout around every wait for the next frame (a timer per frame per socket)."""
+        loop = asyncio.get_running_loop()
+        self._keepalive = loop.call_at(self._last_sent + self._keepalive_s, self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_sent >= self._keepalive_s - KEEPALIVE_SLACK_S:
+            self._watch.outbox.put(KEEPALIVE_DUE)
+            self._last_sent = now
+        self._arm_keepalive()
 
 
 async def _body(send: Send, chunk: bytes) -> None:

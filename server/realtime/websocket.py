@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 
 import msgspec
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.api.params import job_id_param, services_of
@@ -48,6 +49,7 @@ from server.realtime.hub import Watch
 from server.realtime.outbox import CONTROL_SEQ, Outbox, Outgoing, outbox_for
 from server.realtime.session import Session
 from server.realtime.sse import parse_since
+from server.realtime.wire import direct_socket
 from server.services import Services
 
 log = logging.getLogger("delineate.ws")
@@ -151,19 +153,35 @@ async def _serve(ws: WebSocket, handler: Handler) -> None:
         services.connections.release(address)
 
 
-def raw_sender(ws: WebSocket) -> Callable[[str], Coroutine[None, None, None]]:
-    """``send_text`` straight to the server's ASGI ``send`` (kept by ``EdgeHeaders``),
-    skipping Starlette's per-message state checks and wrappers: this runs once per frame per
-    socket. Only text frames of an accepted socket go this way; accept and close still go
-    through Starlette, which tracks the connection's state."""
-    send = ws.scope.get(RAW_SEND_KEY)
-    if send is None:
-        return ws.send_text
+class FrameWriter:
+    """How one connection's messages reach its client, counted on its session.
 
-    async def send_text(text: str) -> None:
-        await send({"type": "websocket.send", "text": text})
+    A message goes out as its ready-made frame bytes written straight to the transport
+    (``wire.DirectSocket``) when the connection allows, else through the server's own ASGI
+    ``send`` (kept by ``EdgeHeaders``), skipping Starlette's per-message wrappers either way:
+    this runs once per frame per socket. Accept and close still go through Starlette, which
+    tracks the connection's state."""
 
-    return send_text
+    __slots__ = ("_asgi_send", "_session", "_socket")
+
+    def __init__(self, ws: WebSocket, session: Session) -> None:
+        send = ws.scope.get(RAW_SEND_KEY)
+        self._socket = direct_socket(send)
+        self._asgi_send: Callable[[Message], Awaitable[None]] = send or ws.send
+        self._session = session
+
+    def now(self, item: Outgoing) -> bool:
+        """``Outbox.direct``: write a message at once, without waking the writer task; not
+        a terminal frame, whose close the writer sends after it."""
+        if item.terminal or self._socket is None or not self._socket.write(item.ws_frame):
+            return False
+        self._session.sent(item)
+        return True
+
+    async def send(self, item: Outgoing) -> None:
+        if self._socket is None or not self._socket.write(item.ws_frame):
+            await self._asgi_send({"type": "websocket.send", "text": item.text})
+        self._session.sent(item)
 
 
 async def _start_writer(outbox: Outbox, writing: Coroutine[None, None, None]) -> asyncio.Task[None]:
@@ -194,7 +212,9 @@ async def _subscribe_one(
         await _close(ws, exc.close_code, exc.message)
         return
     try:
-        writer = await _start_writer(outbox, _write_one(ws, outbox, session))
+        frames = FrameWriter(ws, session)
+        outbox.direct = frames.now
+        writer = await _start_writer(outbox, _write_one(ws, outbox, frames))
         await _first_done(writer, asyncio.ensure_future(_drain_incoming(ws)))
     finally:
         services.hub.unwatch(watch)
@@ -202,11 +222,9 @@ async def _subscribe_one(
         await _close_slow_consumer(ws)
 
 
-async def _write_one(ws: WebSocket, outbox: Outbox, session: Session) -> None:
-    send_text = raw_sender(ws)
+async def _write_one(ws: WebSocket, outbox: Outbox, frames: FrameWriter) -> None:
     while (item := await outbox.get()) is not None:
-        await send_text(item.text)
-        session.sent(item)
+        await frames.send(item)
         if item.terminal:
             await _close(ws, CLOSE_NORMAL, "job finished")
             return
@@ -218,7 +236,9 @@ async def _multiplexed(ws: WebSocket, services: Services, outbox: Outbox, sessio
 
 class MuxSession:
     def __init__(self, ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
-        self._ws, self._hub, self._session = ws, services.hub, session
+        self._ws, self._hub = ws, services.hub
+        self._frames = FrameWriter(ws, session)
+        outbox.direct = self._frames.now
         self._jobs = services.jobs
         self._principal = principal_of(ws.scope)
         max_watches = services.settings.max_subscriptions_per_socket
@@ -264,10 +284,8 @@ class MuxSession:
             await _close(self._ws, CLOSE_IDLE, reason)
 
     async def _write(self) -> None:
-        send_text = raw_sender(self._ws)
         while (item := await self._outbox.get()) is not None:
-            await send_text(item.text)
-            self._session.sent(item)
+            await self._frames.send(item)
             if item.terminal:
                 watch = self._watches.pop(item.job_id, None)
                 if watch is not None:

@@ -108,3 +108,38 @@ async def test_get_waits_for_put() -> None:
     got = await asyncio.wait_for(reader, 1)
     assert got is not None
     assert got.seq == 1
+
+
+async def test_direct_delivery_only_while_the_writer_waits_on_an_empty_outbox() -> None:
+    """Order is kept: a message skips the queue only when nothing is queued and the writer is
+    parked; a refused direct write (False) is queued as usual."""
+    box = Outbox(limit=10)
+    direct: list[int] = []
+    accept = True
+
+    def deliver_now(message: Outgoing) -> bool:
+        if accept:
+            direct.append(message.seq)
+        return accept
+
+    box.direct = deliver_now
+    box.put(item(1))  # no writer waiting yet: queued
+    first = await box.get()
+    assert first is not None
+    assert first.seq == 1
+    waiting = asyncio.ensure_future(box.get())
+    await asyncio.sleep(0)
+    box.put(item(2))  # writer parked, outbox empty: written directly
+    assert direct == [2]
+    assert len(box) == 0
+    assert not waiting.done()
+    accept = False
+    box.put(item(3))  # refused: queued, and the writer wakes for it
+    woken = await asyncio.wait_for(waiting, 1)
+    assert woken is not None
+    assert woken.seq == 3
+    accept = True
+    box.put(item(4))  # nobody waits now: queued behind anything else
+    box.put(item(5))
+    assert direct == [2]
+    assert [(await box.get()).seq, (await box.get()).seq] == [4, 5]  # type: ignore[union-attr]

@@ -1,0 +1,108 @@
+"""Ready-made frames, and the parts of uvicorn the direct write relies on (a real uvicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import uvicorn
+from websockets.asyncio.client import connect
+from websockets.frames import Frame, Opcode
+
+from server.realtime.outbox import Outgoing
+from server.realtime.wire import DirectSocket, direct_socket, text_frame
+from tests.support.processes import free_port
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_text_frame_is_what_websockets_would_send(length: int) -> None:
+    payload = ("é" * length).encode()[:length]
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+def test_an_outgoing_message_is_framed_once() -> None:
+    item = Outgoing("job", 3, "progress", '{"seq":3}')
+    assert item.ws_frame == text_frame(b'{"seq":3}')
+    assert item.ws_frame is item.ws_frame
+
+
+Probe = Callable[[DirectSocket | None], Any]
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_ws(probe: Probe, *, deflate: bool = False) -> AsyncIterator[str]:
+    """A real uvicorn (sans-I/O WebSockets) whose one route accepts, hands the connection's
+    ``direct_socket`` to ``probe``, and then waits for the client to leave."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await probe(direct_socket(send))
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, ws="websockets-sansio", lifespan="off",
+        ws_per_message_deflate=deflate, log_level="warning",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110  (uvicorn offers no event for it)
+            await asyncio.sleep(0.01)
+        yield f"ws://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def test_direct_writes_reach_the_client_in_order_and_stop_after_close() -> None:
+    written: list[bool] = []
+    after_close: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    pollers: list[asyncio.Future[None]] = []
+
+    async def probe(socket: DirectSocket | None) -> None:
+        assert socket is not None, "uvicorn's sans-I/O protocol no longer offers a direct write"
+        written.extend(socket.write(text_frame(f"frame {i}".encode())) for i in range(3))
+
+        async def once_closed() -> None:
+            # Polled: the point is that write() itself notices the closed connection.
+            while socket.write(text_frame(b"late")):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            after_close.set_result(False)
+
+        pollers.append(asyncio.ensure_future(once_closed()))
+
+    async with uvicorn_ws(probe) as url:
+        async with connect(url, compression=None) as client:
+            received = [await client.recv() for _ in range(3)]
+        assert await asyncio.wait_for(after_close, 5) is False
+    assert written == [True, True, True]
+    assert received == ["frame 0", "frame 1", "frame 2"]
+
+
+async def test_no_direct_write_on_a_compressed_connection() -> None:
+    seen: list[DirectSocket | None] = []
+
+    async def probe(socket: DirectSocket | None) -> None:
+        seen.append(socket)
+
+    async with (
+        uvicorn_ws(probe, deflate=True) as url,
+        connect(url, compression="deflate") as client,
+    ):
+        await client.ping()
+    assert seen == [None]
+
+
+def test_no_direct_write_outside_uvicorn() -> None:
+    async def send(message: Any) -> None: ...
+
+    assert direct_socket(send) is None
+    assert direct_socket(None) is None
