@@ -223,6 +223,7 @@ async def report_progress(watchers: list[Watcher], started: float) -> None:
         sys.stderr.flush()
 
 
+TERMINAL_TYPES = frozenset({"completed", "failed", "cancelled"})
 INITIATE_LOAD = Path(__file__).resolve().parent / "initiate_load.py"
 STAGGER_S = 0.002
 SETTLE_S = 2.0
@@ -346,6 +347,14 @@ def summarize(
             else:
                 ramp.append(lat)
     steady = [lat for values in by_type.values() for lat in values]
+    # The channels end within a second of each other, and then every subscriber's last frames
+    # and its close come at once: the tail of the whole run is there. Also reported: the
+    # steady window up to a second before the first terminal frame (frames while streaming).
+    ends = [ts for w in watchers for ts, _, kind in w.latencies if kind in TERMINAL_TYPES]
+    first_end = min(ends, default=float("inf"))
+    streaming = [
+        lat for w in watchers for ts, lat, _ in w.latencies if ramp_end <= ts < first_end - 1000
+    ]
     if args.samples:
         # Every sample, for looking at when the tail happens: [frame ts ms, latency ms, type].
         samples = [sample for w in watchers for sample in w.latencies]
@@ -366,6 +375,7 @@ def summarize(
         "latency_ms": quantiles(steady),
         "latency_samples": len(steady),
         "latency_ms_during_ramp": quantiles(ramp),
+        "latency_ms_while_streaming": {**quantiles(streaming), "frames": len(streaming)},
         # Where the tail comes from: steady-state latency per frame type, with its count.
         "latency_ms_by_type": {
             kind: {**quantiles(values), "frames": len(values)}

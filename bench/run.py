@@ -252,7 +252,7 @@ def loop_lag(url: str) -> float:
 
 def table(report: dict[str, Any]) -> str:
     columns = ["server", "delivered/s", "p50", "p95", "p99", "max", "lost", "dup",
-               "CPU us/frame", "peak RSS MiB", "KiB/idle socket"]  # fmt: skip
+               "p99 streaming", "CPU us/frame", "peak RSS MiB", "KiB/idle socket"]  # fmt: skip
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for kind, result in report.get("fanout", {}).items():
         lat = result["latency_ms"]
@@ -261,7 +261,9 @@ def table(report: dict[str, Any]) -> str:
         rows.append(
             f"| {kind} | {result['frames_per_second']:,.0f} | {lat['p50']} ms | {lat['p95']} ms "
             f"| {lat['p99']} ms | {lat['max']} ms | {result['lost_frames']} "
-            f"| {result['duplicate_frames']} | {result.get('server_cpu_us_per_frame')} "
+            f"| {result['duplicate_frames']} "
+            f"| {result.get('latency_ms_while_streaming', {}).get('p99')} ms "
+            f"| {result.get('server_cpu_us_per_frame')} "
             f"| {rss:.0f} | {idle.get('kib_per_idle_socket', '-')} |"
         )
     if "initiate" in report:
