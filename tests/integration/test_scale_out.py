@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from client_sdk import AsyncClient, Backoff
 from server.storage import demo
+from server.storage.keys import source_key
 from tests.conftest import Cluster, EdgeFactory
 from tests.support.clients import (
     AVAILABLE,
@@ -30,7 +31,7 @@ from tests.support.clients import (
     ws_collect,
 )
 from tests.support.processes import Replica
-from tests.support.services import Backend, SeaweedS3
+from tests.support.services import Backend, SeaweedS3, wait_serving
 
 pytestmark = pytest.mark.integration
 
@@ -157,6 +158,7 @@ async def test_s3_outage_is_reported_retried_then_recovered(
             assert failed["error"]["code"] == "storage_unavailable"
             assert failed["attempt"] == 2
             own_s3.start()
+            await asyncio.to_thread(wait_serving, own_s3, redis_backend.bucket, source_key(70000))
             await wait_health(http)
             working = await initiate(http, [70000])
             done = await wait_status(http, working["jobId"], {"failed", "completed"}, 30)

@@ -94,6 +94,14 @@ async def sse_events(
     return events, comments
 
 
+def final_status(frames: list[dict[str, Any]]) -> str:
+    """The job status the last frame reports: a terminal frame's type, or, when the job had
+    ended before the client subscribed, the status in the terminal snapshot it got instead."""
+    last = frames[-1]
+    status: str = last["job"]["status"] if last["type"] == "snapshot" else last["type"]
+    return status
+
+
 def seqs(frames: list[dict[str, Any]]) -> list[int]:
     return [f["seq"] for f in frames]
 

@@ -18,7 +18,7 @@ from tests.support.processes import require_binary, started
 SEEDED_IDS = [70000, 70007, 70014, 70021, 70028, 10003]
 """Source files every S3-backed deployment gets (demo content, standard sizes)."""
 
-__all__ = ["Backend", "RedisServer", "SeaweedS3"]
+__all__ = ["Backend", "RedisServer", "SeaweedS3", "wait_serving"]
 
 
 class Backend:
@@ -77,6 +77,18 @@ class Backend:
         assert self.s3 is not None
         body: bytes = s3_client(self.s3).get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return body
+
+
+def wait_serving(server: SeaweedS3, bucket: str, key: str, timeout: float = 30) -> None:
+    """Wait until ``server`` serves ``key`` again. A restarted SeaweedFS answers S3 requests
+    (and HEAD bucket) before its volume server is back, and a GET meanwhile is an
+    InternalError: not "S3 is back" yet."""
+    client = s3_client(server)
+    server.wait_until(
+        lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read() is not None,
+        timeout,
+        f"SeaweedFS to serve {key}",
+    )
 
 
 def s3_client(server: SeaweedS3) -> Any:
