@@ -18,6 +18,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from server import app as app_module
     from server.observability import logs
+    from server.realtime.wire import LeanWebSocketProtocol
 
     settings = _settings_or_exit()
     app, services = app_module.build(settings)
@@ -30,7 +31,7 @@ def serve(args: argparse.Namespace) -> int:
         port=port,
         loop="auto",
         http="auto",
-        ws="websockets-sansio",
+        ws=LeanWebSocketProtocol,
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_timeout_s,
         ws_per_message_deflate=settings.ws_per_message_deflate,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 
 from server.realtime.wire import format_sse_event, text_frame
@@ -88,6 +87,7 @@ class Outbox:
         "limit",
         "on_overflow",
         "overflowed",
+        "start_writer",
     )
 
     def __init__(
@@ -101,16 +101,21 @@ class Outbox:
         self.hard_limit = limit * HARD_LIMIT_FACTOR
         self.deadline_s = deadline_s
         self._clock = clock
-        self._items: deque[Outgoing] = deque()
+        # A list, not a deque: an empty deque is ~760 bytes per connection and this one is
+        # nearly always empty (frames are written directly); pop(0) of a bounded list is cheap.
+        self._items: list[Outgoing] = []
         # The writer's wake-up, only while it waits: lighter than an asyncio.Event per socket.
         self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
         self.coalesced = 0
         self.full_since: float | None = None
         self.on_overflow: Callable[[], object] | None = None
-        # Delivery without the writer task: tried only while the writer waits for work and
-        # nothing is queued (so order is kept); False from it means "queue it as usual".
+        # Delivery without the writer task: tried only while no writer is busy and nothing
+        # is queued (so order is kept); False from it means "queue it as usual".
         self.direct: Callable[[Outgoing], bool] | None = None
+        # Set while the connection has no writer task yet: the first message that has to be
+        # queued starts one. Most sockets never need one (their frames go out directly).
+        self.start_writer: Callable[[], object] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -119,8 +124,8 @@ class Outbox:
         if self.overflowed:
             return
         if (
-            self._waiter is not None
-            and not self._items
+            not self._items
+            and (self._waiter is not None or self.start_writer is not None)
             and self.direct is not None
             and self.direct(item)
         ):
@@ -132,8 +137,12 @@ class Outbox:
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self.start_writer is not None:
+            start, self.start_writer = self.start_writer, None
+            start()
 
     def _queue_when_full(self, item: Outgoing) -> bool:
         """Apply the policy to ``item`` arriving at a full outbox; True: append it."""
@@ -181,7 +190,7 @@ class Outbox:
                 self._waiter = None
         if self.overflowed:
             return None
-        item = self._items.popleft()
+        item = self._items.pop(0)
         if self.full_since is not None and len(self._items) < self.limit:
             self.full_since = None
         return item

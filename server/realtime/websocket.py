@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 
 import msgspec
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.api.params import job_id_param, services_of
@@ -34,7 +34,6 @@ from server.edge import RAW_SEND_KEY
 from server.errors import DelineateError, RateLimited
 from server.frames import (
     AckMessage,
-    AnyOp,
     Control,
     ErrorMessage,
     PingOp,
@@ -122,17 +121,22 @@ async def admit(ws: WebSocket, services: Services) -> str | None:
     return address
 
 
-async def subscribe_one(ws: WebSocket) -> None:
-    """WS /v1/download/subscribe/{job_id}[?since=SEQ]"""
-    await _serve(ws, _subscribe_one)
-
-
-async def multiplexed(ws: WebSocket) -> None:
-    """WS /v1/ws: many jobs, one socket."""
-    await _serve(ws, _multiplexed)
-
-
 Handler = Callable[[WebSocket, Services, Outbox, Session], Coroutine[None, None, None]]
+
+
+class WebSocketEndpoint:
+    """One WebSocket route as a plain ASGI app. Starlette runs a class instance as it is,
+    without the two wrappers (and their frames, kept for the connection's life) it puts
+    around a function endpoint to apply exception handlers, which these handlers do not
+    need: they answer their own errors with an error message and a close code."""
+
+    __slots__ = ("__name__", "_handler")
+
+    def __init__(self, handler: Handler, name: str) -> None:
+        self._handler, self.__name__ = handler, name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _serve(WebSocket(scope, receive, send), self._handler)
 
 
 async def _serve(ws: WebSocket, handler: Handler) -> None:
@@ -184,7 +188,7 @@ class FrameWriter:
         self._session.sent(item)
 
 
-async def _start_writer(outbox: Outbox, writing: Coroutine[None, None, None]) -> asyncio.Task[None]:
+def _start_writer(outbox: Outbox, writing: Coroutine[None, None, None]) -> asyncio.Task[None]:
     """Run the connection's writer; an overflowing outbox cancels it, since its send may be
     waiting forever on a client that stopped reading."""
     writer = asyncio.ensure_future(writing)
@@ -214,7 +218,7 @@ async def _subscribe_one(
     try:
         frames = FrameWriter(ws, session)
         outbox.direct = frames.now
-        writer = await _start_writer(outbox, _write_one(ws, outbox, frames))
+        writer = _start_writer(outbox, _write_one(ws, outbox, frames))
         await _first_done(writer, asyncio.ensure_future(_drain_incoming(ws)))
     finally:
         services.hub.unwatch(watch)
@@ -230,50 +234,77 @@ async def _write_one(ws: WebSocket, outbox: Outbox, frames: FrameWriter) -> None
             return
 
 
-async def _multiplexed(ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
-    await MuxSession(ws, services, outbox, session).run()
+def _multiplexed(
+    ws: WebSocket, services: Services, outbox: Outbox, session: Session
+) -> Coroutine[None, None, None]:
+    return MuxSession(ws, services, outbox, session).run()  # no frame of its own per socket
+
+
+subscribe_one = WebSocketEndpoint(_subscribe_one, "subscribe_one")
+"""WS /v1/download/subscribe/{job_id}[?since=SEQ]"""
+
+multiplexed = WebSocketEndpoint(_multiplexed, "multiplexed")
+"""WS /v1/ws: many jobs, one socket."""
 
 
 class MuxSession:
+    """One ``/v1/ws`` connection: reads ops in the connection's own task; writes frames
+    directly from the hub's delivery, and starts a writer task only when a message has to
+    wait (a terminal frame, whose job it then unwatches, or a client that reads slowly).
+    Thousands of these sit idle at once: every task, frame and dict here is per socket."""
+
+    __slots__ = (
+        "_frames",
+        "_hub",
+        "_idle",
+        "_idle_timeout_s",
+        "_jobs",
+        "_main",
+        "_max_watches",
+        "_outbox",
+        "_principal",
+        "_reading",
+        "_watches",
+        "_writer",
+        "_ws",
+    )
+
     def __init__(self, ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
         self._ws, self._hub = ws, services.hub
         self._frames = FrameWriter(ws, session)
         outbox.direct = self._frames.now
         self._jobs = services.jobs
         self._principal = principal_of(ws.scope)
-        max_watches = services.settings.max_subscriptions_per_socket
+        self._max_watches = services.settings.max_subscriptions_per_socket
         self._idle_timeout_s = services.settings.idle_socket_timeout_s
         self._idle = asyncio.timeout(None)
         self._reading = False
         self._outbox = outbox
-        self._max_watches = max_watches
         self._watches: dict[str, Watch] = {}
+        self._main: asyncio.Task[object] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        """Read ops in this task, write frames in one other: one task fewer per socket than
-        a reader and a writer side by side (thousands of sockets sit idle here)."""
-        main = asyncio.current_task()
+        self._main = main = asyncio.current_task()
         assert main is not None
-        writer = await _start_writer(self._outbox, self._write())
-
-        def writer_ended(_: object) -> None:
-            main.cancel()  # overflowed or broken: stop reading too
-
-        writer.add_done_callback(writer_ended)
+        self._outbox.start_writer = self._start_writer
         try:
             await self._read()
         except asyncio.CancelledError:
-            if not writer.done():
+            if self._writer is None or not self._writer.done():
                 raise  # cancelled from outside (shutdown)
-            main.uncancel()
+            main.uncancel()  # the writer ended (overflowed or broken): stop reading
         finally:
-            writer.remove_done_callback(writer_ended)
-            writer.cancel()
-            await asyncio.wait([writer])
+            self._outbox.start_writer = None
+            writer = self._writer
+            if writer is not None:
+                writer.remove_done_callback(self._writer_ended)
+                writer.cancel()
+                await asyncio.wait([writer])
             for watch in self._watches.values():
                 self._hub.unwatch(watch)
             self._watches.clear()
-        if not writer.cancelled():
+        if writer is not None and not writer.cancelled():
             error = writer.exception()
             if error is not None and not isinstance(error, WebSocketDisconnect | OSError):
                 raise error
@@ -282,6 +313,15 @@ class MuxSession:
         elif self._idle.expired():
             reason = f"idle: no subscription for {self._idle_timeout_s:g} s"
             await _close(self._ws, CLOSE_IDLE, reason)
+
+    def _start_writer(self) -> None:
+        """``Outbox.start_writer``: the first message that has to wait starts the writer."""
+        self._writer = _start_writer(self._outbox, self._write())
+        self._writer.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, _: object) -> None:
+        if self._main is not None:
+            self._main.cancel()
 
     async def _write(self) -> None:
         while (item := await self._outbox.get()) is not None:
@@ -298,41 +338,39 @@ class MuxSession:
             self._idle.reschedule(asyncio.get_running_loop().time() + self._idle_timeout_s)
 
     async def _read(self) -> None:
+        current = asyncio.current_task()
+        assert current is not None
         with contextlib.suppress(TimeoutError):
             async with self._idle:
                 self._reading = True
+                self._arm_idle()
                 try:
-                    self._arm_idle()
-                    await self._read_ops()
+                    while True:
+                        message = await self._ws.receive()
+                        if message["type"] == "websocket.disconnect":
+                            return
+                        await self._on_message(message)
+                        if current.cancelling():
+                            # A cancel that arrived while an op awaited Redis can be lost
+                            # inside redis-py (seen with pub/sub subscribe); without this
+                            # check the session would wait for the next client message
+                            # forever instead of closing.
+                            raise asyncio.CancelledError
                 finally:
                     self._reading = False
 
-    async def _read_ops(self) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        while True:
-            message = await self._ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            if text is None:
-                self._outbox.put(
-                    error_item("bad_request", "binary messages are not supported; send JSON text")
-                )
-                continue
-            try:
-                op = op_decoder.decode(text)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                self._outbox.put(error_item("bad_request", f"invalid message: {exc}"))
-                continue
-            await self._handle(op)
-            if current.cancelling():
-                # A cancel that arrived while an op awaited Redis can be lost inside redis-py
-                # (seen with pub/sub subscribe); without this check the session would wait
-                # for the next client message forever instead of closing.
-                raise asyncio.CancelledError
-
-    async def _handle(self, op: AnyOp) -> None:
+    async def _on_message(self, message: Message) -> None:
+        text = message.get("text")
+        if text is None:
+            self._outbox.put(
+                error_item("bad_request", "binary messages are not supported; send JSON text")
+            )
+            return
+        try:
+            op = op_decoder.decode(text)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            self._outbox.put(error_item("bad_request", f"invalid message: {exc}"))
+            return
         if isinstance(op, PingOp):
             self._outbox.put(control(PongMessage()))
         elif isinstance(op, SubscribeOp):

@@ -15,24 +15,27 @@ This is the one module that reaches below ASGI, into uvicorn's sans-I/O WebSocke
 (the object behind the ASGI ``send`` callable). It does so only for data frames and only
 while the connection is plainly open, writable and uncompressed; everything else (accept,
 close, pings, a paused transport, another server) goes through ASGI as before.
-``tests/server/realtime/test_wire.py`` pins the parts of uvicorn it relies on, so an upgrade
+
+It also holds ``LeanWebSocketProtocol``, the uvicorn protocol the server runs: uvicorn's
+own, keeping less per connection (thousands sit idle at once).
+``tests/server/realtime/test_wire.py`` pins the parts of uvicorn both rely on, so an upgrade
 that moves them fails a test instead of silently falling back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
 TEXT_FIN = 0x81  # FIN + opcode 1 (text)
 _SHORT = struct.Struct("!BB").pack
 _MEDIUM = struct.Struct("!BBH").pack
 _LONG = struct.Struct("!BBQ").pack
-
-UVICORN_SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -81,9 +84,114 @@ def direct_socket(send: Callable[..., Any] | None) -> DirectSocket | None:
     """A ``DirectSocket`` for the connection behind uvicorn's ASGI ``send``, or None when the
     server is not uvicorn's sans-I/O implementation or the connection compresses frames."""
     protocol = getattr(send, "__self__", None)
-    if protocol is None or type(protocol).__module__ != UVICORN_SANSIO:
+    if not isinstance(protocol, WebSocketsSansIOProtocol):
         return None
     conn = getattr(protocol, "conn", None)
     if conn is None or conn.extensions or not hasattr(protocol, "writable"):
         return None
     return DirectSocket(protocol)
+
+
+T = TypeVar("T")
+
+
+class Inbox(Generic[T]):
+    """What uvicorn needs of its per-connection ``asyncio.Queue`` (``put_nowait``, ``get``,
+    ``empty``), unbounded, in a list: an ``asyncio.Queue`` is three deques (about 2.4 KiB)
+    per connection, whose receive queue holds one message at a time almost always."""
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: list[T] = []
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: T) -> None:
+        self._items.append(item)
+        waiters = self._waiters
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+
+    async def get(self) -> T:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and self._items:
+                    self._wake_next()  # woken, then cancelled: pass the wake-up on
+                raise
+            finally:
+                self._waiters.remove(waiter)
+        return self._items.pop(0)
+
+    def _wake_next(self) -> None:
+        for waiter in self._waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class Flag:
+    """What uvicorn needs of its ``writable`` ``asyncio.Event`` (``is_set``, ``set``,
+    ``clear``, ``wait``), with no waiter deque until someone waits: the transport is
+    writable nearly always, and an Event is about 1.5 KiB per connection."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        return await waiter
+
+
+class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, minus what it keeps per connection for no use:
+    its receive queue and writable event become ``Inbox`` and ``Flag``, and the parsed
+    handshake request and response (two ``Headers``, about 4 KiB) are dropped once the
+    handshake is done."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+
+    def start_keepalive(self) -> None:
+        # uvicorn calls this right after it wrote the handshake response: the request and
+        # response are never read again. The request's headers are emptied rather than just
+        # dropped, since the websockets parser's suspended frame still holds the request.
+        self.request.headers.clear()
+        self.request = self.response = None  # type: ignore[assignment]
+        super().start_keepalive()

@@ -143,3 +143,32 @@ async def test_direct_delivery_only_while_the_writer_waits_on_an_empty_outbox() 
     box.put(item(5))
     assert direct == [2]
     assert [(await box.get()).seq, (await box.get()).seq] == [4, 5]  # type: ignore[union-attr]
+
+
+def test_a_connection_without_a_writer_writes_directly_until_a_message_must_wait() -> None:
+    """With ``start_writer`` set (no writer task yet) messages go out directly; the first
+    one that cannot starts the writer, once, and waits in the queue for it."""
+    box = Outbox(limit=10)
+    direct: list[int] = []
+    started: list[bool] = []
+
+    def deliver_now(message: Outgoing) -> bool:
+        if message.type == "completed":
+            return False
+        direct.append(message.seq)
+        return True
+
+    box.direct = deliver_now
+    box.start_writer = lambda: started.append(True)
+    box.put(item(1))
+    box.put(item(2))
+    assert direct == [1, 2]
+    assert started == []
+    box.put(item(3, "completed"))
+    assert started == [True]
+    assert box.start_writer is None
+    box.put(item(4))  # behind the queued message, whatever the direct path would say
+    box.put(item(5, "completed"))
+    assert started == [True]
+    assert direct == [1, 2]
+    assert drain(box) == [("a", 3), ("a", 4), ("a", 5)]

@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
 from server.realtime.outbox import Outgoing
-from server.realtime.wire import DirectSocket, direct_socket, text_frame
+from server.realtime.wire import DirectSocket, LeanWebSocketProtocol, direct_socket, text_frame
 from tests.support.processes import free_port
 
 
@@ -33,7 +33,9 @@ Probe = Callable[[DirectSocket | None], Any]
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_ws(probe: Probe, *, deflate: bool = False) -> AsyncIterator[str]:
+async def uvicorn_ws(
+    probe: Probe, *, deflate: bool = False, ws: Any = "websockets-sansio"
+) -> AsyncIterator[str]:
     """A real uvicorn (sans-I/O WebSockets) whose one route accepts, hands the connection's
     ``direct_socket`` to ``probe``, and then waits for the client to leave."""
 
@@ -46,10 +48,16 @@ async def uvicorn_ws(probe: Probe, *, deflate: bool = False) -> AsyncIterator[st
         while (await receive())["type"] != "websocket.disconnect":
             pass
 
+    async with serving(app, deflate=deflate, ws=ws) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, *, deflate: bool = False, ws: Any) -> AsyncIterator[str]:
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, ws="websockets-sansio", lifespan="off",
-        ws_per_message_deflate=deflate, log_level="warning",
+        app, host="127.0.0.1", port=port, ws=ws, lifespan="off",
+        ws_per_message_deflate=deflate, log_level="warning", ws_ping_interval=0.05,
     )  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve())
@@ -106,3 +114,38 @@ def test_no_direct_write_outside_uvicorn() -> None:
 
     assert direct_socket(send) is None
     assert direct_socket(None) is None
+
+
+async def test_the_lean_protocol_drops_the_handshake_and_still_speaks_websocket() -> None:
+    """The server's protocol: after accept, no parsed request or response headers are kept;
+    messages, keepalive pings, direct writes and the close handshake all work as uvicorn's."""
+    kept: dict[str, Any] = {}
+
+    async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        protocol = send.__self__
+        kept.update(request=protocol.request, response=protocol.response)
+        kept["direct"] = direct_socket(send) is not None
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"].upper()})
+        kept["disconnect_code"] = message["code"]
+
+    async with (
+        serving(echo, ws=LeanWebSocketProtocol) as url,
+        connect(url, compression=None, ping_interval=None) as client,
+    ):
+        for word in ("one", "two"):
+            await client.send(word)
+            assert await asyncio.wait_for(client.recv(), 5) == word.upper()
+        await asyncio.sleep(0.2)  # several server keepalive pings, answered by the client
+        await client.send("three")
+        assert await asyncio.wait_for(client.recv(), 5) == "THREE"
+        await client.close(1000)
+    for _ in range(100):  # the app sees the disconnect a moment after the close handshake
+        if "disconnect_code" in kept:
+            break
+        await asyncio.sleep(0.01)
+    assert kept == {"request": None, "response": None, "direct": True, "disconnect_code": 1000}
