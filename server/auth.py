@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Awaitable
 
 import jwt
 import msgspec
@@ -150,7 +151,9 @@ class Authenticate:
     def __init__(self, app: ASGIApp, *, authenticator: Authenticator) -> None:
         self.app, self.authenticator = app, authenticator
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Synchronous check, then the inner app's awaitable handed on: no frame of this
+        # middleware stays suspended for a socket's life (see edge.EdgeHeaders).
         path = scope.get("path", "")
         if (
             not self.authenticator.enabled
@@ -159,14 +162,12 @@ class Authenticate:
             or path.startswith(OPEN_PREFIXES)
             or scope.get("method") == "OPTIONS"
         ):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         try:
             scope["state"]["principal"] = self.authenticator.authenticate(scope)
         except Unauthorized as exc:
-            await self._refuse(scope, receive, send, exc)
-            return
-        await self.app(scope, receive, send)
+            return self._refuse(scope, receive, send, exc)
+        return self.app(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: Unauthorized) -> None:
         request_id = scope["state"].get("request_id", "")

@@ -12,7 +12,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -90,6 +90,7 @@ class EdgeHeaders:
         self.cors_origins = cors_origins  # None means "*"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The outermost app, so a coroutine function: servers tell ASGI 3 from ASGI 2 by it.
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
@@ -169,10 +170,12 @@ class RateLimit:
         self.policy = f"{limit};w={window_ms // 1000}".encode()
         self._clock = clock
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)  # no frame kept (see auth.Authenticate)
+        return self._limit(scope, receive, send)
+
+    async def _limit(self, scope: Scope, receive: Receive, send: Send) -> None:
         decision = await self.limiter.hit(client_ip(scope, self.trusted_proxies), self._clock())
         headers = [
             (b"ratelimit-policy", self.policy),
@@ -204,10 +207,12 @@ class Timeout:
         self.app = app
         self.timeout_s = timeout_ms / 1000
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)  # no frame kept (see auth.Authenticate)
+        return self._timed(scope, receive, send)
+
+    async def _timed(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def watch_start(message: Message) -> None:
