@@ -111,12 +111,7 @@ class Inbox(Generic[T]):
 
     def put_nowait(self, item: T) -> None:
         self._items.append(item)
-        waiters = self._waiters
-        if waiters:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-                    break
+        self._wake_next()
 
     async def get(self) -> T:
         while not self._items:
@@ -135,6 +130,7 @@ class Inbox(Generic[T]):
         return self._items.pop(0)
 
     def _wake_next(self) -> None:
+        """Wake one waiting reader (one message, one reader), as asyncio.Queue does."""
         for waiter in self._waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
