@@ -14,6 +14,7 @@ from server.broker.base import Broker
 from server.jobs.runner import RunnerConfig
 from server.jobs.service import JobService
 from server.jobstore.base import JobStore
+from server.journal.base import Journal
 from server.observability.metrics import LoopLagMonitor, Metrics
 from server.ratelimit import FixedWindowLimiter, Limiter
 from server.realtime.admission import ConnectionCap
@@ -137,6 +138,22 @@ def build_store(settings: Settings, client: aioredis.Redis | None) -> JobStore:
     return MemoryJobStore(retention_s=settings.job_retention_s)
 
 
+def build_journal(
+    settings: Settings, client: aioredis.Redis | None, broker: Broker, store: JobStore
+) -> Journal:
+    if client is not None:
+        from server.journal.redis import RedisJournal
+
+        return RedisJournal(
+            client,
+            broker,
+            store,
+            history_max_frames=settings.history_max_frames,
+            retention_s=settings.job_retention_s,
+        )
+    return Journal(broker, store)
+
+
 def build_limiter(settings: Settings, client: aioredis.Redis | None) -> Limiter:
     window_s = settings.rate_limit_window_ms / 1000
     if client is not None:
@@ -163,6 +180,7 @@ def build(settings: Settings) -> Services:
     )
     metrics = Metrics()
     jobs = JobService(
+        journal=build_journal(settings, client, broker, store),
         storage=storage,
         broker=broker,
         store=store,

@@ -1,8 +1,5 @@
-"""Publishes one job's frames: seq from the broker, record saved first, then fan-out.
-
-Saving the record before publishing is what makes resume exact: a snapshot read at seq S
-reflects every frame up to S, so a watcher needs only the frames after S.
-"""
+"""Publishes one job's frames through the journal, with what a job needs around it:
+retries while the shared backend is down, and progress frames at most one per interval."""
 
 from __future__ import annotations
 
@@ -12,26 +9,14 @@ import time
 from collections.abc import Callable
 
 from server.backoff import full_jitter
-from server.broker.base import Broker
 from server.errors import BackendUnavailable
-from server.frames import (
-    TERMINAL_FRAME_TYPES,
-    AnyFrame,
-    FileFrame,
-    FileProgress,
-    JobStatus,
-    ProgressFrame,
-    StatusFrame,
-    encoder,
-)
+from server.frames import AnyFrame, FileFrame, FileProgress, JobStatus, ProgressFrame, StatusFrame
 from server.jobs.state import JobRecord
-from server.jobstore.base import JobStore
+from server.journal.base import BuildFrame, Journal, Superseded
+
+__all__ = ["FrameEmitter", "Superseded", "Throttle"]
 
 BACKEND_WAIT_S = 60.0
-
-
-class Superseded(Exception):
-    """The stored job moved on (cancelled, or taken by another worker) before this write."""
 
 
 class Throttle:
@@ -53,15 +38,11 @@ class Throttle:
 
 
 class FrameEmitter:
-    def __init__(
-        self, *, broker: Broker, store: JobStore, record: JobRecord, progress_interval: float
-    ) -> None:
-        self._broker, self._store, self.record = broker, store, record
+    def __init__(self, *, journal: Journal, record: JobRecord, progress_interval: float) -> None:
+        self._journal, self.record = journal, record
         self._throttle = Throttle(progress_interval)
 
-    async def emit(
-        self, build: Callable[[str, int], AnyFrame], *, expect: JobStatus | None = None
-    ) -> AnyFrame:
+    async def emit(self, build: BuildFrame, *, expect: JobStatus | None = None) -> AnyFrame:
         """Publish one frame. With ``expect``, only if the stored status still is that
         (else ``Superseded``: someone else moved the job first).
 
@@ -70,26 +51,12 @@ class FrameEmitter:
         deadline = time.monotonic() + BACKEND_WAIT_S
         for attempt in itertools.count():
             try:
-                return await self._emit_once(build, expect)
+                return await self._journal.append(self.record, build, expect=expect)
             except BackendUnavailable:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(full_jitter(attempt, base=0.05, cap=2.0))
         raise AssertionError("unreachable")
-
-    async def _emit_once(
-        self, build: Callable[[str, int], AnyFrame], expect: JobStatus | None
-    ) -> AnyFrame:
-        job = self.record.job
-        seq = await self._broker.next_seq(job.job_id)
-        job.seq = seq
-        frame = build(job.job_id, seq)
-        frame.trace_id = job.trace_id
-        if not await self._store.save(self.record, expect=expect):
-            raise Superseded(f"job {job.job_id} is no longer {expect}")
-        terminal = frame.__struct_config__.tag in TERMINAL_FRAME_TYPES
-        await self._broker.publish(job.job_id, seq, encoder.encode(frame), terminal=terminal)
-        return frame
 
     async def status(self, *, expect: JobStatus | None = None) -> None:
         job = self.record.job

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 import msgspec
 
 from server.backoff import full_jitter
-from server.broker.base import Broker
 from server.bundle import ZipBundle
 from server.errors import StorageError, TransientStorageError
 from server.frames import (
@@ -31,7 +30,7 @@ from server.frames import (
 from server.jobs import state
 from server.jobs.emitter import FrameEmitter, Superseded
 from server.jobs.state import JobRecord
-from server.jobstore.base import JobStore
+from server.journal.base import Journal
 from server.observability import logs, sentry, tracing
 from server.storage.base import CHUNK_SIZE, ObjectWriter, Storage
 from server.storage.keys import bundle_key, source_key
@@ -115,13 +114,12 @@ class JobRunner:
         self,
         *,
         storage: Storage,
-        broker: Broker,
-        store: JobStore,
+        journal: Journal,
         config: RunnerConfig,
         stop_reason: StopReason,
         rng: random.Random | None = None,
     ) -> None:
-        self._storage, self._broker, self._store = storage, broker, store
+        self._storage, self._journal, self._store = storage, journal, journal.store
         self._config = config
         self._stop_reason = stop_reason
         self._rng = rng or random.Random()
@@ -149,8 +147,7 @@ class JobRunner:
 
     async def _run(self, record: JobRecord) -> None:
         emitter = FrameEmitter(
-            broker=self._broker,
-            store=self._store,
+            journal=self._journal,
             record=record,
             progress_interval=self._config.progress_interval_s,
         )

@@ -38,6 +38,7 @@ from server.jobs.emitter import FrameEmitter, Superseded
 from server.jobs.runner import JobRunner, RunnerConfig, bundle_too_large, iso, source_sizes
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
+from server.journal.base import Journal
 from server.observability.metrics import Metrics
 from server.storage.base import Storage
 
@@ -75,14 +76,16 @@ class JobService:
         concurrency: int,
         metrics: Metrics | None = None,
         max_active_per_owner: int = 0,
+        journal: Journal | None = None,
     ) -> None:
         self._storage, self._broker, self._store = storage, broker, store
+        self._journal = journal or Journal(broker, store)
         self.metrics = metrics
         self._config = config
         self._concurrency = concurrency
         self._max_active = max_active_per_owner
         self._runner = JobRunner(
-            storage=storage, broker=broker, store=store, config=config, stop_reason=self._reason
+            storage=storage, journal=self._journal, config=config, stop_reason=self._reason
         )
         self._dispatcher: asyncio.Task[None] | None = None
         self._slots: set[asyncio.Task[None]] = set()
@@ -123,7 +126,7 @@ class JobService:
         owner: str | None = None,
         quota: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Create and enqueue a job; return (record, created).
+        """Create and queue a job; return (record, created).
 
         409 on a reused key, 422 when the files exceed MAX_BUNDLE_BYTES, 429 when ``quota``
         (the owner, or the client's address) has MAX_ACTIVE_JOBS_PER_OWNER unfinished jobs."""
@@ -157,7 +160,6 @@ class JobService:
             if stored.fingerprint != record.fingerprint or stored.owner != owner:
                 raise Conflict("this Idempotency-Key was used with a different request body")
             return stored, False
-        await self._store.enqueue(job_id)
         return stored, True
 
     async def _release(self, record: JobRecord) -> None:
@@ -258,9 +260,7 @@ class JobService:
     # --- internals ---------------------------------------------------------------------
 
     def _emitter(self, record: JobRecord) -> FrameEmitter:
-        return FrameEmitter(
-            broker=self._broker, store=self._store, record=record, progress_interval=0
-        )
+        return FrameEmitter(journal=self._journal, record=record, progress_interval=0)
 
     async def _cancel_queued(self, record: JobRecord) -> bool:
         """Cancel a job no worker has started; False if one started it meanwhile."""

@@ -23,7 +23,8 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def create(self, record: JobRecord, idempotency_key: str | None) -> JobRecord:
-        """Store a new record, or return the one already created under ``idempotency_key``."""
+        """Store a new record and queue the job for a worker; or return the record already
+        created under ``idempotency_key`` (that job is not queued again)."""
 
     @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord | None: ...

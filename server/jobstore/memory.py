@@ -38,6 +38,7 @@ class MemoryJobStore(JobStore):
                 return _decode(self._records[existing])
             self._keys[idempotency_key] = record.job.job_id
         self._records[record.job.job_id] = _encode(record)
+        await self.enqueue(record.job.job_id)
         return record
 
     async def get(self, job_id: str) -> JobRecord | None:

@@ -1,0 +1,100 @@
+"""Redis journal: a running job's frame in one script, one round trip.
+
+The base journal takes three calls per frame (INCR the seq, SET the record, a pipeline for
+history and PUBLISH). Through redis-py each call costs the replica 100-200 us of CPU, and a
+job sends a frame per progress interval: measured on a replica running 50 jobs at 2 frames
+per second with no subscriber at all, a frame cost about 1 ms of CPU, half of it those calls.
+
+The script does the same writes in the same order, atomically. It needs the seq up front
+(the frame and the record carry it), so the journal asks for the one after the last it
+wrote, and the script writes only if the job's counter is still there. Otherwise another
+writer (a cancel from another replica, a stale worker) wrote a frame in between: nothing is
+written, and the base journal's path runs instead, with a fresh seq from the counter.
+
+Frames that must check the stored status (``expect``) or end the job (which also gives the
+owner's active-job slot back) always take the base path: there are a few per job.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from server import redis_keys as keys
+from server.broker.base import Broker
+from server.frames import AnyFrame, JobStatus, encoder
+from server.jobs.state import JobRecord
+from server.jobstore.base import JobStore
+from server.jobstore.redis import encode_record
+from server.journal.base import BuildFrame, Journal, is_terminal
+from server.redis_errors import unavailable_on_disconnect
+
+log = logging.getLogger("delineate.journal")
+
+# KEYS: seq counter, record, history stream, channel.
+# ARGV: seq, record, frame, retention s, history max frames.
+# Returns "ok", "refused" (written, but the history already had a later frame), or the
+# counter's value when it is not seq - 1 (nothing written).
+APPEND = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if last + 1 ~= tonumber(ARGV[1]) then return last end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', ARGV[5], ARGV[1] .. '-0', 'f', ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('PUBLISH', KEYS[4], ARGV[3])
+if type(added) == 'table' and added.err then return 'refused' end
+return 'ok'
+"""
+
+
+class RedisJournal(Journal):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        broker: Broker,
+        store: JobStore,
+        *,
+        history_max_frames: int,
+        retention_s: int,
+    ) -> None:
+        super().__init__(broker, store)
+        self._append: Any = client.register_script(APPEND)
+        self._history_max = history_max_frames
+        self._retention_s = retention_s
+        self.fallbacks = 0
+        """Frames that found the counter moved and took the base path (for tests)."""
+
+    async def append(
+        self, record: JobRecord, build: BuildFrame, *, expect: JobStatus | None = None
+    ) -> AnyFrame:
+        job = record.job
+        if expect is None and not job.status.is_terminal:
+            seq = job.seq + 1
+            frame = build(job.job_id, seq)
+            if not is_terminal(frame):
+                frame.trace_id = job.trace_id
+                previous, job.seq = job.seq, seq
+                if await self._append_once(record, seq, encoder.encode(frame)):
+                    return frame
+                job.seq = previous
+                self.fallbacks += 1
+        return await super().append(record, build, expect=expect)
+
+    @unavailable_on_disconnect
+    async def _append_once(self, record: JobRecord, seq: int, payload: bytes) -> bool:
+        job_id = record.job.job_id
+        reply = await self._append(
+            keys=[
+                keys.job_seq(job_id),
+                keys.job_record(job_id),
+                keys.job_history(job_id),
+                keys.job_channel(job_id),
+            ],
+            args=[seq, encode_record(record), payload, self._retention_s, self._history_max],
+        )
+        if reply == b"refused":
+            log.warning("frame %s of job %s refused by history: a later one is there", seq, job_id)
+        return reply in (b"ok", b"refused")

@@ -1,0 +1,67 @@
+"""The JobStore's create-and-queue step, on the in-process store and on a real redis-server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from server.jobs import state
+from server.jobs.state import JobRecord
+from server.jobstore.base import JobStore
+from server.jobstore.memory import MemoryJobStore
+from server.jobstore.redis import RedisJobStore
+from tests.support.services import RedisServer
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[JobStore]:
+    client = None
+    if request.param == "memory":
+        store: JobStore = MemoryJobStore(retention_s=60)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = aioredis.Redis.from_url(server.url)
+        store = RedisJobStore(client, retention_s=60, lease_ms=30_000)
+    await store.start()
+    yield store
+    await store.stop()
+    if client is not None:
+        await client.aclose()
+
+
+def new_record() -> JobRecord:
+    return JobRecord(job=state.new_job(str(uuid.uuid4()), [70000]))
+
+
+async def test_create_stores_the_record_and_queues_the_job(store: JobStore) -> None:
+    record = new_record()
+    assert await store.create(record, None) is record
+    stored = await store.get(record.job.job_id)
+    assert stored is not None
+    assert stored.job.job_id == record.job.job_id
+    assert await store.queued() == 1
+    assert await store.take() == record.job.job_id
+    await store.ack(record.job.job_id)
+
+
+async def test_a_repeated_idempotency_key_returns_the_first_job_and_queues_nothing(
+    store: JobStore,
+) -> None:
+    first, second = new_record(), new_record()
+    assert (await store.create(first, "key-1")).job.job_id == first.job.job_id
+    again = await store.create(second, "key-1")
+    assert again.job.job_id == first.job.job_id
+    assert await store.get(second.job.job_id) is None
+    assert await store.queued() == 1
