@@ -57,6 +57,7 @@ CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 CLOSE_SLOW_CONSUMER = 1013
 CLOSE_IDLE = 4408
+JOB_FINISHED = "job finished"
 SLOW_CONSUMER_REASON = "slow consumer: reconnect with since=<last seq>"
 CLOSE_WAIT_S = 10.0
 """How long a close frame may wait for a stalled client's buffers before the connection is
@@ -166,18 +167,28 @@ class FrameWriter:
     this runs once per frame per socket. Accept and close still go through Starlette, which
     tracks the connection's state."""
 
-    __slots__ = ("_asgi_send", "_session", "_socket")
+    __slots__ = ("_asgi_send", "_close_on_terminal", "_session", "_socket")
 
-    def __init__(self, ws: WebSocket, session: Session) -> None:
+    def __init__(self, ws: WebSocket, session: Session, *, close_on_terminal: bool) -> None:
         send = ws.scope.get(RAW_SEND_KEY)
         self._socket = direct_socket(send)
         self._asgi_send: Callable[[Message], Awaitable[None]] = send or ws.send
         self._session = session
+        self._close_on_terminal = close_on_terminal
 
     def now(self, item: Outgoing) -> bool:
-        """``Outbox.direct``: write a message at once, without waking the writer task; not
-        a terminal frame, whose close the writer sends after it."""
-        if item.terminal or self._socket is None or not self._socket.write(item.ws_frame):
+        """``Outbox.direct``: write a message at once, without waking the writer task. A
+        terminal frame goes out here only on a socket that closes after it, together with
+        its close; elsewhere the writer sends it and then unwatches the job."""
+        socket = self._socket
+        if socket is None:
+            return False
+        if item.terminal:
+            if not self._close_on_terminal or not socket.write_and_close(
+                item.ws_frame, CLOSE_NORMAL, JOB_FINISHED
+            ):
+                return False
+        elif not socket.write(item.ws_frame):
             return False
         self._session.sent(item)
         return True
@@ -216,7 +227,7 @@ async def _subscribe_one(
         await _close(ws, exc.close_code, exc.message)
         return
     try:
-        frames = FrameWriter(ws, session)
+        frames = FrameWriter(ws, session, close_on_terminal=True)
         outbox.direct = frames.now
         writer = _start_writer(outbox, _write_one(ws, outbox, frames))
         await _first_done(writer, asyncio.ensure_future(_drain_incoming(ws)))
@@ -230,7 +241,7 @@ async def _write_one(ws: WebSocket, outbox: Outbox, frames: FrameWriter) -> None
     while (item := await outbox.get()) is not None:
         await frames.send(item)
         if item.terminal:
-            await _close(ws, CLOSE_NORMAL, "job finished")
+            await _close(ws, CLOSE_NORMAL, JOB_FINISHED)
             return
 
 
@@ -271,7 +282,7 @@ class MuxSession:
 
     def __init__(self, ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
         self._ws, self._hub = ws, services.hub
-        self._frames = FrameWriter(ws, session)
+        self._frames = FrameWriter(ws, session, close_on_terminal=False)
         outbox.direct = self._frames.now
         self._jobs = services.jobs
         self._principal = principal_of(ws.scope)

@@ -70,14 +70,42 @@ class DirectSocket:
     def write(self, frame: bytes) -> bool:
         """Write ``frame`` now if the connection is open and writable; False: use ASGI."""
         protocol = self._protocol
-        if (
-            protocol.conn.state is not State.OPEN
-            or not protocol.writable.is_set()
-            or protocol.transport.is_closing()
-        ):
+        if not _writable(protocol):
             return False
         protocol.transport.write(frame)
         return True
+
+    def write_and_close(self, frame: bytes, code: int, reason: str) -> bool:
+        """Write ``frame`` and the close frame after it in one write, and do for the close
+        what uvicorn does for an ASGI ``websocket.close`` (the app's next ``receive`` is the
+        disconnect; the connection ends when the client answers, or after the close
+        timeout). False: nothing was done; use ASGI.
+
+        At a job's end every subscriber's last frame and close go out together: one write
+        instead of two, and no task woken per socket to send the close."""
+        protocol = self._protocol
+        if not _writable(protocol):
+            return False
+        protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        protocol.conn.send_close(code, reason)
+        protocol.transport.write(frame + b"".join(protocol.conn.data_to_send()))
+        protocol.close_sent = True
+        if protocol.read_paused:
+            protocol.read_paused = False
+            protocol.transport.resume_reading()
+        protocol.close_timer = protocol.loop.call_later(
+            protocol.close_timeout, protocol.transport.close
+        )
+        return True
+
+
+def _writable(protocol: Any) -> bool:
+    return (
+        protocol.conn.state is State.OPEN
+        and protocol.writable.is_set()
+        and not protocol.close_sent
+        and not protocol.transport.is_closing()
+    )
 
 
 def direct_socket(send: Callable[..., Any] | None) -> DirectSocket | None:

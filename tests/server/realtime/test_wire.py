@@ -149,3 +149,35 @@ async def test_the_lean_protocol_drops_the_handshake_and_still_speaks_websocket(
             break
         await asyncio.sleep(0.01)
     assert kept == {"request": None, "response": None, "direct": True, "disconnect_code": 1000}
+
+
+@pytest.mark.parametrize("ws", ["websockets-sansio", LeanWebSocketProtocol])
+async def test_a_last_frame_and_its_close_go_out_together_and_end_the_connection(ws: Any) -> None:
+    """``write_and_close``: the client gets the frame, then close 1000 with the reason; the
+    app's next receive is the disconnect; nothing more is written directly afterwards; the
+    connection ends once the client answers the close."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        socket = direct_socket(send)
+        assert socket is not None
+        seen["first"] = socket.write_and_close(text_frame(b"last"), 1000, "job finished")
+        seen["again"] = socket.write_and_close(text_frame(b"again"), 1000, "job finished")
+        seen["later"] = socket.write(text_frame(b"later"))
+        seen["next_message"] = await receive()
+
+    async with serving(app, ws=ws) as url:
+        async with connect(url, compression=None) as client:
+            assert await asyncio.wait_for(client.recv(), 5) == "last"
+            await asyncio.wait_for(client.wait_closed(), 5)
+        assert (client.close_code, client.close_reason) == (1000, "job finished")
+    assert seen == {
+        "first": True,
+        "again": False,
+        "later": False,
+        "next_message": {"type": "websocket.disconnect", "code": 1000, "reason": "job finished"},
+    }
