@@ -6,8 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,14 +24,6 @@ from server.journal.base import BuildFrame, Journal, Superseded
 from server.journal.redis import RedisJournal
 from tests.server.broker.test_brokers import Recorder
 from tests.support.services import RedisServer
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["memory", "redis"])
