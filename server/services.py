@@ -180,10 +180,8 @@ def build(settings: Settings) -> Services:
     )
     metrics = Metrics()
     jobs = JobService(
-        journal=build_journal(settings, client, broker, store),
         storage=storage,
-        broker=broker,
-        store=store,
+        journal=build_journal(settings, client, broker, store),
         config=config,
         concurrency=settings.job_concurrency,
         metrics=metrics,

@@ -10,11 +10,19 @@ from collections.abc import Callable
 
 from server.backoff import full_jitter
 from server.errors import BackendUnavailable
-from server.frames import AnyFrame, FileFrame, FileProgress, JobStatus, ProgressFrame, StatusFrame
+from server.frames import (
+    AnyFrame,
+    FileFrame,
+    FileProgress,
+    JobSnapshot,
+    JobStatus,
+    ProgressFrame,
+    StatusFrame,
+)
 from server.jobs.state import JobRecord
 from server.journal.base import BuildFrame, Journal, Superseded
 
-__all__ = ["FrameEmitter", "Superseded", "Throttle"]
+__all__ = ["FrameEmitter", "Superseded", "Throttle", "progress_frame"]
 
 BACKEND_WAIT_S = 60.0
 
@@ -71,22 +79,23 @@ class FrameEmitter:
     async def progress(self) -> None:
         """A progress frame, unless one went out less than the interval ago."""
         if self._throttle.ready():
-            await self.emit(self._progress_frame)
+            await self.emit(progress_frame(self.record.job))
 
     async def flush_progress(self) -> None:
         """Send the progress that the throttle held back, if any."""
         if self._throttle.pending:
             self._throttle.pending = False
-            await self.emit(self._progress_frame)
+            await self.emit(progress_frame(self.record.job))
 
-    def _progress_frame(self, job_id: str, seq: int) -> ProgressFrame:
-        job = self.record.job
-        return ProgressFrame(
-            job_id=job_id,
-            seq=seq,
-            progress=job.progress,
-            bytes_done=job.bytes_done,
-            bytes_total=job.bytes_total,
-            files_done=job.files_done,
-            files_total=job.total_file_ids,
-        )
+
+def progress_frame(job: JobSnapshot) -> BuildFrame:
+    """The builder of a progress frame carrying ``job``'s numbers as they are when built."""
+    return lambda job_id, seq: ProgressFrame(
+        job_id=job_id,
+        seq=seq,
+        progress=job.progress,
+        bytes_done=job.bytes_done,
+        bytes_total=job.bytes_total,
+        files_done=job.files_done,
+        files_total=job.total_file_ids,
+    )

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from server.backoff import full_jitter
-from server.broker.base import Broker
 from server.errors import (
     BackendUnavailable,
     Conflict,
@@ -37,7 +36,6 @@ from server.jobs import state
 from server.jobs.emitter import FrameEmitter, Superseded
 from server.jobs.runner import JobRunner, RunnerConfig, bundle_too_large, iso, source_sizes
 from server.jobs.state import JobRecord
-from server.jobstore.base import JobStore
 from server.journal.base import Journal
 from server.observability.metrics import Metrics
 from server.storage.base import Storage
@@ -70,16 +68,14 @@ class JobService:
         self,
         *,
         storage: Storage,
-        broker: Broker,
-        store: JobStore,
+        journal: Journal,
         config: RunnerConfig,
         concurrency: int,
         metrics: Metrics | None = None,
         max_active_per_owner: int = 0,
-        journal: Journal | None = None,
     ) -> None:
-        self._storage, self._broker, self._store = storage, broker, store
-        self._journal = journal or Journal(broker, store)
+        self._storage, self._journal = storage, journal
+        self._broker, self._store = journal.broker, journal.store
         self.metrics = metrics
         self._config = config
         self._concurrency = concurrency

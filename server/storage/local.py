@@ -110,19 +110,15 @@ class _LocalWriter(ObjectWriter):
         self._buffer += data
         self._size += len(data)
         if len(self._buffer) >= WRITE_BUFFER_BYTES:
-            await self._flush(self._fh)
-
-    async def _flush(self, fh: BinaryIO) -> None:
-        data, self._buffer = bytes(self._buffer), bytearray()
-        if data:
-            await asyncio.to_thread(fh.write, data)
+            full, self._buffer = self._buffer, bytearray()
+            await asyncio.to_thread(self._fh.write, full)
 
     async def complete(self) -> int:
         if self._fh is None:
             raise StorageError("complete after complete/abort")
-        await self._flush(self._fh)  # a failure here leaves the writer to abort()
         fh, self._fh = self._fh, None
-        await asyncio.to_thread(_close_and_rename, fh, self._part, self._final)
+        tail, self._buffer = self._buffer, bytearray()
+        await asyncio.to_thread(_close_and_rename, fh, tail, self._part, self._final)
         return self._size
 
     async def abort(self) -> None:
@@ -133,7 +129,8 @@ class _LocalWriter(ObjectWriter):
         self._part.unlink(missing_ok=True)
 
 
-def _close_and_rename(fh: BinaryIO, part: Path, final: Path) -> None:
+def _close_and_rename(fh: BinaryIO, tail: bytes | bytearray, part: Path, final: Path) -> None:
+    fh.write(tail)
     fh.flush()
     os.fsync(fh.fileno())
     fh.close()

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from server.broker.base import Broker
 from server.broker.memory import MemoryBroker
 from server.broker.redis import RedisBroker
-from server.frames import CompletedFrame, JobStatus, ProgressFrame, StatusFrame
-from server.jobs import state
+from server.frames import CompletedFrame, JobStatus, StatusFrame
+from server.jobs import emitter, state
 from server.jobs.state import JobRecord
 from server.jobstore.base import JobStore
 from server.jobstore.memory import MemoryJobStore
@@ -70,16 +70,7 @@ def status_frame(record: JobRecord) -> BuildFrame:
 
 
 def progress_frame(record: JobRecord) -> BuildFrame:
-    job = record.job
-    return lambda j, s: ProgressFrame(
-        job_id=j,
-        seq=s,
-        progress=job.progress,
-        bytes_done=job.bytes_done,
-        bytes_total=job.bytes_total,
-        files_done=job.files_done,
-        files_total=job.total_file_ids,
-    )
+    return emitter.progress_frame(record.job)
 
 
 def seqs(recorder: Recorder, job_id: str) -> list[int]:
