@@ -85,31 +85,6 @@ def build_storage(settings: Settings) -> Storage:
     )
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError, TimeoutError
-
-    assert settings.redis_url
-    # Short socket timeouts: a dead Redis must fail fast (health, frames), never hang.
-    # A few quick retries turn a pooled connection that died in a Redis restart into a
-    # reconnect instead of an error.
-    # A blocking pool: a burst of subscribers waits briefly for a connection instead of
-    # failing with "Too many connections".
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=64 + settings.job_concurrency,
-        timeout=5,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=10,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-        retry_on_error=[ConnectionError, TimeoutError],
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
 def build_broker(settings: Settings, client: aioredis.Redis | None) -> Broker:
     if client is not None:
         from server.broker.redis import RedisBroker
@@ -164,7 +139,11 @@ def build_limiter(settings: Settings, client: aioredis.Redis | None) -> Limiter:
 
 
 def build(settings: Settings) -> Services:
-    client = redis_client(settings) if settings.redis_url else None
+    client = None
+    if settings.redis_url:
+        from server.redis_client import redis_client
+
+        client = redis_client(settings)
     storage = build_storage(settings)
     broker, store = build_broker(settings, client), build_store(settings, client)
     config = RunnerConfig(
