@@ -94,13 +94,15 @@ class EdgeHeaders:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        request_id = request_id_from(headers)
-        scope.setdefault("state", {})["request_id"] = request_id
         if scope["type"] == "websocket":
+            # No local holds the headers: this frame lasts as long as the socket.
+            scope.setdefault("state", {})["request_id"] = request_id_from(Headers(scope=scope))
             scope[RAW_SEND_KEY] = send  # see realtime.websocket.FrameWriter
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
+        request_id = request_id_from(headers)
+        scope.setdefault("state", {})["request_id"] = request_id
         extra = [(b"x-request-id", request_id.encode()), *SECURITY_HEADERS, *self._cors(headers)]
         if scope["method"] == "OPTIONS":
             await self._preflight(send, extra)

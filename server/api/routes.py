@@ -5,13 +5,13 @@ One table serves both the router and the document, so the two cannot drift apart
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api import files, jobs, legacy, openapi
 from server.api.schemas import (
@@ -243,11 +243,42 @@ def build_routes() -> list[BaseRoute]:
         # The bare redirect takes only uuid-shaped ids, so `GET /v1/download/check` is a 405.
         path = op.path.replace("/v1/download/{job_id}", "/v1/download/{job_id:uuid}")
         routes.append(Route(path, op.endpoint, methods=[op.method]))
-    routes.extend(WebSocketRoute(path, endpoint) for path, endpoint in WEBSOCKETS.items())
+    routes.extend(websocket_routes())
     routes.append(Route("/v1/files/{key:path}", files.download, methods=["GET"]))
     # The browser page (web/): static files, no build step.
     routes.append(Mount("/app", app=StaticFiles(directory=legacy.web_dir(), html=True), name="app"))
     return routes
+
+
+class WebSocketRoutes:
+    """WebSocket handshakes straight to their endpoint; everything else to the app.
+
+    Starlette reaches an endpoint through its error and exception middleware and its router,
+    and each of them keeps a suspended frame for as long as the endpoint runs: for a socket,
+    its whole life (about 2.6 KiB per idle socket). For these routes none of them does
+    anything: the error middleware passes WebSockets through, and the endpoints answer
+    their own errors with an error message and a close code. So this matches the path with
+    Starlette's own ``WebSocketRoute`` (the same path parameters and ``endpoint`` in the
+    scope) and hands over the endpoint's awaitable, keeping no frame either. A path no
+    WebSocket route matches goes on to ``app``, which answers as Starlette does.
+    """
+
+    def __init__(self, inner: ASGIApp, *, app: ASGIApp, routes: list[WebSocketRoute]) -> None:
+        self.inner, self.app, self.routes = inner, app, routes
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] == "websocket":
+            for route in self.routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope["app"] = self.app  # what Starlette sets: endpoints read app.state
+                    scope.update(child_scope)
+                    return route.app(scope, receive, send)
+        return self.inner(scope, receive, send)
+
+
+def websocket_routes() -> list[WebSocketRoute]:
+    return [WebSocketRoute(path, endpoint) for path, endpoint in WEBSOCKETS.items()]
 
 
 def openapi_document() -> dict[str, Any]:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -47,19 +47,11 @@ class Telemetry:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        method = scope.get("method", "WS")
         # Started and ended by hand rather than with the context-manager helpers: a socket
         # holds this frame for its whole life, and each suspended generator costs memory.
-        span = tracing.tracer().start_span(
-            method, context=tracing.extract(headers), kind=trace.SpanKind.SERVER
-        )
+        span, caller_trace_id = self._start_span(scope)
         attached = otel_context.attach(trace.set_span_in_context(span))
-        trace_id = (
-            tracing.current_trace_id()
-            or tracing.trace_id_of(headers.get("traceparent"))
-            or secrets.token_hex(16)
-        )
+        trace_id = tracing.current_trace_id() or caller_trace_id or secrets.token_hex(16)
         request_id = scope["state"]["request_id"]
         scope["state"]["trace_id"] = trace_id
         tokens = (logs.request_id_var.set(request_id), logs.trace_id_var.set(trace_id))
@@ -77,15 +69,30 @@ class Telemetry:
             logs.request_id_var.reset(tokens[0])
             logs.trace_id_var.reset(tokens[1])
             otel_context.detach(attached)
+            if scope["type"] == "websocket":
+                span.update_name(f"WS {self.route_of(scope)}")
             span.end()
 
-    async def _serve(
+    @staticmethod
+    def _start_span(scope: Scope) -> tuple[trace.Span, str | None]:
+        """The request's span, a child of the caller's trace context, and the caller's trace
+        id. The headers are read here, not kept in ``__call__``'s frame."""
+        headers = Headers(scope=scope)
+        span = tracing.tracer().start_span(
+            scope.get("method", "WS"), context=tracing.extract(headers), kind=trace.SpanKind.SERVER
+        )
+        return span, tracing.trace_id_of(headers.get("traceparent"))
+
+    def _serve(
+        self, scope: Scope, receive: Receive, send: Send, span: trace.Span, trace_id: str
+    ) -> Awaitable[None]:
+        if scope["type"] == "websocket":
+            return self.app(scope, receive, send)  # no frame kept
+        return self._serve_http(scope, receive, send, span, trace_id)
+
+    async def _serve_http(
         self, scope: Scope, receive: Receive, send: Send, span: trace.Span, trace_id: str
     ) -> None:
-        if scope["type"] == "websocket":
-            await self.app(scope, receive, send)
-            span.update_name(f"WS {self.route_of(scope)}")
-            return
         status = 500
         started = time.perf_counter()
 

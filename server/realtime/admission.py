@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 
 from server.edge import client_ip
@@ -18,7 +19,8 @@ from server.settings import Settings
 
 
 def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
-    origin = conn.headers.get("origin")
+    # Not ``conn.headers``: that caches the headers on the connection for its whole life.
+    origin = Headers(scope=conn.scope).get("origin")
     if origin is None or settings.cors_origins.strip() == "*":
         return True
     return origin in settings.cors_origin_list

@@ -148,6 +148,9 @@ async def _serve(ws: WebSocket, handler: Handler) -> None:
     address = await admit(ws, services)
     if address is None:
         return
+    # Everything that reads the handshake's headers (origin, address, credentials, trace
+    # context, request id) has read them; the scope would keep them for the socket's life.
+    ws.scope["headers"] = []
     outbox = outbox_for(services.settings)
     session = Session(services.metrics, "websocket", outbox)
     session.start()
@@ -362,10 +365,10 @@ class MuxSession:
                             return
                         await self._on_message(message)
                         if current.cancelling():
-                            # A cancel that arrived while an op awaited Redis can be lost
-                            # inside redis-py (seen with pub/sub subscribe); without this
-                            # check the session would wait for the next client message
-                            # forever instead of closing.
+                            # A cancel that arrived while an op awaited Redis could be
+                            # lost inside redis-py (see server/redis_client.py); should a
+                            # library still lose one, the session would otherwise wait for
+                            # the next client message forever instead of closing.
                             raise asyncio.CancelledError
                 finally:
                     self._reading = False

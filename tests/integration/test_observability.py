@@ -134,6 +134,32 @@ async def test_one_trace_from_initiate_to_a_job_run_on_another_replica(cluster: 
     assert {"job.check_files", "job.file", "storage.complete"} <= children
 
 
+async def test_a_socket_is_one_span_named_by_its_route_in_the_callers_trace(
+    cluster: Cluster,
+) -> None:
+    """A WebSocket's span covers the connection: named by the route template, a child of the
+    handshake's traceparent, with the frames it carried (read before the headers are let go)."""
+    with SpanCollector() as collector:
+        (a,) = cluster(1, OTEL_EXPORTER_OTLP_ENDPOINT=collector.url, OTEL_BSP_SCHEDULE_DELAY="100")
+        async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+            job = await initiate(http, [70000])
+            await wait_status(http, job["jobId"], {"completed"}, 30)
+        url = f"{a.ws_url}/v1/download/subscribe/{job['jobId']}"
+        collected = await ws_collect(url, headers={"traceparent": TRACEPARENT})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            spans = [s for s in collector.spans() if s["trace_id"] == TRACE_ID]
+            if spans:
+                break
+            await asyncio.sleep(0.2)
+    assert collected.close_code == 1000
+    assert [s["name"] for s in spans] == ["WS /v1/download/subscribe/{job_id}"]
+    (span,) = spans
+    assert span["parent_id"] == "00f067aa0ba902b7"
+    assert span["attributes"]["frames.sent"].int_value == len(collected.frames) == 1
+    assert span["attributes"]["realtime.transport"].string_value == "websocket"
+
+
 def test_sentry_gets_the_test_error_and_a_job_crash(tmp_path: Path) -> None:
     """With SENTRY_DSN: the sentry_test 500 and a background job's crash arrive, tagged."""
     data = tmp_path / "data"

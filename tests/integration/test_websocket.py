@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import ReplicaFactory
 from tests.support.clients import (
@@ -85,6 +86,19 @@ async def test_unknown_and_malformed_jobs_close_with_codes(server: Replica) -> N
     assert malformed.close_code == 1008
     bad_since = await ws_collect(f"{server.ws_url}/v1/download/subscribe/{uuid.uuid4()}?since=x")
     assert bad_since.close_code == 1008
+
+
+async def test_a_socket_to_an_unknown_path_is_refused_at_the_handshake(server: Replica) -> None:
+    """Paths no WebSocket route matches still get Starlette's answer (403), and nothing else
+    changes for the routes that do match."""
+    for path in ("/v1/nope", "/v1/ws/extra", f"/v1/download/subscribe/{uuid.uuid4()}/x", "/"):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"{server.ws_url}{path}", open_timeout=5):
+                pass
+        assert refused.value.response.status_code == 403, path
+    async with connect(f"{server.ws_url}/v1/ws", open_timeout=5) as ws:
+        await ws.send('{"op":"ping"}')
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "pong"
 
 
 async def _until(ws: ClientConnection, predicate: Any, timeout: float = 20) -> list[dict[str, Any]]:
