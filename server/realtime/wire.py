@@ -207,7 +207,7 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     handshake request and response (two ``Headers``, about 4 KiB) are dropped once the
     handshake is done."""
 
-    # Every attribute uvicorn's protocol sets, as slots: it sets 38, past the 30 that CPython
+    # Every attribute uvicorn's protocol sets, as slots: it sets 37, past the 30 that CPython
     # keeps in a shared-key instance dict, so each connection carried its own dict of
     # them (about 1.6 KiB); slots take 8 bytes each. An attribute a later uvicorn adds
     # still works: it lands in the instance dict the base class keeps.
