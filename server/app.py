@@ -11,13 +11,7 @@ from starlette.types import ASGIApp
 
 from server import services as services_module
 from server.api.responses import handle_delineate_error, handle_http_exception, handle_unexpected
-from server.api.routes import (
-    WebSocketRoutes,
-    build_routes,
-    openapi_document,
-    route_of,
-    websocket_routes,
-)
+from server.api.routes import WebSocketRoutes, build_routes, openapi_document, route_of
 from server.auth import Authenticate
 from server.edge import EdgeHeaders, RateLimit, Timeout
 from server.errors import DelineateError
@@ -57,8 +51,7 @@ def build(settings: Settings | None = None) -> tuple[ASGIApp, services_module.Se
     )
     app.state.services = services
     app.state.openapi = openapi_document()
-    routed = WebSocketRoutes(app, app=app, routes=websocket_routes())
-    edge: ASGIApp = Timeout(routed, timeout_ms=settings.request_timeout_ms)
+    edge: ASGIApp = Timeout(WebSocketRoutes(app), timeout_ms=settings.request_timeout_ms)
     edge = Authenticate(edge, authenticator=services.auth)
     edge = RateLimit(
         edge,

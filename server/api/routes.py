@@ -243,7 +243,6 @@ def build_routes() -> list[BaseRoute]:
         # The bare redirect takes only uuid-shaped ids, so `GET /v1/download/check` is a 405.
         path = op.path.replace("/v1/download/{job_id}", "/v1/download/{job_id:uuid}")
         routes.append(Route(path, op.endpoint, methods=[op.method]))
-    routes.extend(websocket_routes())
     routes.append(Route("/v1/files/{key:path}", files.download, methods=["GET"]))
     # The browser page (web/): static files, no build step.
     routes.append(Mount("/app", app=StaticFiles(directory=legacy.web_dir(), html=True), name="app"))
@@ -259,12 +258,14 @@ class WebSocketRoutes:
     anything: the error middleware passes WebSockets through, and the endpoints answer
     their own errors with an error message and a close code. So this matches the path with
     Starlette's own ``WebSocketRoute`` (the same path parameters and ``endpoint`` in the
-    scope) and hands over the endpoint's awaitable, keeping no frame either. A path no
-    WebSocket route matches goes on to ``app``, which answers as Starlette does.
+    scope) and hands over the endpoint's awaitable, keeping no frame either. The app's own
+    router has no WebSocket routes: any other handshake gets its answer, as Starlette gives
+    it for a path it does not know (403).
     """
 
-    def __init__(self, inner: ASGIApp, *, app: ASGIApp, routes: list[WebSocketRoute]) -> None:
-        self.inner, self.app, self.routes = inner, app, routes
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.routes = [WebSocketRoute(path, endpoint) for path, endpoint in WEBSOCKETS.items()]
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] == "websocket":
@@ -274,11 +275,7 @@ class WebSocketRoutes:
                     scope["app"] = self.app  # what Starlette sets: endpoints read app.state
                     scope.update(child_scope)
                     return route.app(scope, receive, send)
-        return self.inner(scope, receive, send)
-
-
-def websocket_routes() -> list[WebSocketRoute]:
-    return [WebSocketRoute(path, endpoint) for path, endpoint in WEBSOCKETS.items()]
+        return self.app(scope, receive, send)
 
 
 def openapi_document() -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+from server.storage.base import ObjectWriter
 from server.storage.keys import bundle_key
 from server.storage.local import WRITE_BUFFER_BYTES, LocalStorage
 
@@ -22,12 +23,18 @@ def chunks() -> list[bytes]:
     return [bytes([i % 251]) * size for i, size in enumerate(sizes)]
 
 
-async def test_every_byte_lands_in_order_and_only_at_complete(tmp_path: Path) -> None:
-    store = await local_store(tmp_path)
-    key = bundle_key(str(uuid.uuid4()))
+async def written(store: LocalStorage, key: str) -> ObjectWriter:
+    """A writer of ``key`` that has been given every chunk, not yet completed."""
     writer = await store.writer(key)
     for chunk in chunks():
         await writer.write(chunk)
+    return writer
+
+
+async def test_every_byte_lands_in_order_and_only_at_complete(tmp_path: Path) -> None:
+    store = await local_store(tmp_path)
+    key = bundle_key(str(uuid.uuid4()))
+    writer = await written(store, key)
     assert await store.head(key) is None
     assert await writer.complete() == sum(map(len, chunks()))
     assert store.path_of(key).read_bytes() == b"".join(chunks())
@@ -37,9 +44,7 @@ async def test_every_byte_lands_in_order_and_only_at_complete(tmp_path: Path) ->
 async def test_abort_leaves_nothing_behind(tmp_path: Path) -> None:
     store = await local_store(tmp_path)
     key = bundle_key(str(uuid.uuid4()))
-    writer = await store.writer(key)
-    for chunk in chunks():
-        await writer.write(chunk)
+    writer = await written(store, key)
     await writer.abort()
     await writer.abort()  # idempotent
     assert await store.head(key) is None
