@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -84,3 +84,13 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     )
     pool.connection_class = with_cancellable_writes(pool.connection_class)
     return aioredis.Redis.from_pool(pool)
+
+
+def without_retries(client: aioredis.Redis) -> aioredis.Redis:
+    """A client like ``client`` (same server, options and connection class) whose commands
+    are never retried: for the broker's pub/sub connection, whose listener must see every
+    disconnect to resubscribe and resync (redis-py would reconnect it silently)."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "retry_on_error": []}
+    own = aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    return aioredis.Redis.from_pool(own)

@@ -56,10 +56,15 @@ class Broker(abc.ABC):
     async def history(self, job_id: str, since: int) -> History: ...
 
     @abc.abstractmethod
-    async def subscribe(self, job_id: str) -> None: ...
+    async def subscribe(self, job_id: str) -> None:
+        """Follow the job's channel. Returns once the subscription is in effect, so every
+        frame published after a history read that follows reaches ``deliver``: the hub's
+        exact resume (subscribe, then read history) rests on this."""
 
     @abc.abstractmethod
-    async def unsubscribe(self, job_id: str) -> None: ...
+    async def unsubscribe(self, job_id: str) -> None:
+        """Stop following the channel. Subscriptions are a set, not a count, as in Redis:
+        one unsubscribe undoes any number of subscribes."""
 
     @abc.abstractmethod
     async def signal(self, payload: bytes) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import defaultdict, deque
+from collections import deque
 
 from server.broker.base import Broker, Deliver, History, OnSignal, Resync
 
@@ -17,7 +17,7 @@ class MemoryBroker(Broker):
         self._retention_s = retention_s
         self._counters: dict[str, itertools.count[int]] = {}
         self._history: dict[str, deque[tuple[int, bytes]]] = {}
-        self._subscribed: defaultdict[str, int] = defaultdict(int)
+        self._subscribed: set[str] = set()  # a set, like Redis's channels
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._deliver: Deliver | None = None
         self._on_signal: OnSignal | None = None
@@ -46,7 +46,7 @@ class MemoryBroker(Broker):
         frames.append((seq, payload))
         if terminal:
             self._expire_later(job_id)
-        if self._deliver is not None and self._subscribed.get(job_id):
+        if self._deliver is not None and job_id in self._subscribed:
             self._deliver(job_id, payload)
 
     async def history(self, job_id: str, since: int) -> History:
@@ -56,12 +56,10 @@ class MemoryBroker(Broker):
         return History(frames=[f for f in frames if f[0] > since], first_retained=frames[0][0])
 
     async def subscribe(self, job_id: str) -> None:
-        self._subscribed[job_id] += 1
+        self._subscribed.add(job_id)
 
     async def unsubscribe(self, job_id: str) -> None:
-        self._subscribed[job_id] -= 1
-        if self._subscribed[job_id] <= 0:
-            del self._subscribed[job_id]
+        self._subscribed.discard(job_id)
 
     def _expire_later(self, job_id: str) -> None:
         if job_id in self._expiry:

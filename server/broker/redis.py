@@ -7,10 +7,17 @@
   job's channel, in one pipeline. The stream is trimmed to ``history_max_frames`` and
   expires ``retention_s`` after the last frame.
 - The replica subscribes to a job's channel only while a local client follows the job
-  (the hub reference-counts), plus one control channel for signals.
-- A supervised listener reads the pub/sub connection. When Redis drops it reconnects with
-  capped, jittered backoff, resubscribes every channel, then calls ``resync`` so the hub
-  replays from history what was published while it was away.
+  (the hub reference-counts), plus one control channel for signals. ``subscribe`` returns
+  only once Redis's reply to SUBSCRIBE has been read. Returning when the command is
+  written is not enough: nothing orders commands across connections, so Redis may run the
+  history read that the hub sends next on another connection first, and a frame
+  published in between would be in neither the history nor the channel.
+- A supervised listener reads the pub/sub connection, which has a client of its own with no
+  retries: redis-py would otherwise reconnect it silently inside a read and resubscribe,
+  and frames published during the gap would be lost without a resync. When the connection
+  drops the listener reconnects with capped, jittered backoff, resubscribes every channel
+  (and reads the replies), then calls ``resync`` so the hub replays from history what was
+  published while it was away.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from server import redis_keys as keys
 from server.backoff import full_jitter
 from server.broker.base import Broker, Deliver, History, OnSignal, Resync
 from server.errors import BackendUnavailable
+from server.redis_client import without_retries
 from server.redis_errors import unavailable_on_disconnect
 
 log = logging.getLogger("delineate.broker")
@@ -34,6 +42,7 @@ log = logging.getLogger("delineate.broker")
 RECONNECT_BASE_S = 0.1
 RECONNECT_CAP_S = 5.0
 POLL_TIMEOUT_S = 1.0
+CONNECT_TIMEOUT_S = 10.0
 
 
 class RedisBroker(Broker):
@@ -45,10 +54,14 @@ class RedisBroker(Broker):
     ) -> None:
         # Any: redis-py types every reply as a bytes | str | int union; we decode at the edge.
         self._redis: Any = client
+        self._listen_client: Any = without_retries(client)
         self._history_max = history_max_frames
         self._retention_s = retention_s
         self._channels: set[str] = set()
         self._pubsub: Any = None
+        # Per channel, a future per SUBSCRIBE sent and not yet answered (Redis answers them
+        # in order), resolved by the listener when the reply arrives.
+        self._unanswered: dict[str, list[asyncio.Future[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._deliver: Deliver | None = None
         self._on_signal: OnSignal | None = None
@@ -69,16 +82,49 @@ class RedisBroker(Broker):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._close_pubsub()
+        await self._listen_client.aclose()
 
     async def _connect(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(keys.CONTROL_CHANNEL, *self._channels)
+        pubsub = self._listen_client.pubsub()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await self._subscribe_all(pubsub)
+        except BaseException:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+            raise
         self._pubsub = pubsub
         self.connected = True
+
+    async def _subscribe_all(self, pubsub: Any) -> None:
+        """Subscribe the control channel and every followed channel, and read Redis's
+        replies: after this a history read cannot miss a frame published on them (see the
+        module docstring). Channels followed meanwhile are subscribed too, ones let go
+        meanwhile are dropped again."""
+        done: set[str] = set()
+        while todo := ({keys.CONTROL_CHANNEL} | self._channels) - done:
+            await pubsub.subscribe(*todo)
+            replies = len(todo)
+            while replies:
+                message = await pubsub.get_message(timeout=POLL_TIMEOUT_S)
+                if message is not None and message["type"] == "subscribe":
+                    replies -= 1
+                elif message is not None:
+                    self._handle(message)
+            done |= todo
+        if stale := done - self._channels - {keys.CONTROL_CHANNEL}:
+            await pubsub.unsubscribe(*stale)
 
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         self.connected = False
+        # Nobody waits on a dead connection: the channels are resubscribed on reconnect,
+        # and the resync that follows replays what their watchers missed.
+        unanswered, self._unanswered = self._unanswered, {}
+        for waiting in unanswered.values():
+            for answered in waiting:
+                if not answered.done():
+                    answered.set_result(None)
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
@@ -97,8 +143,19 @@ class RedisBroker(Broker):
     async def _pump(self) -> None:
         while self._pubsub is not None:
             message = await self._pubsub.get_message(timeout=POLL_TIMEOUT_S)
-            if message is not None and message["type"] == "message":
-                self._dispatch(message["channel"], message["data"])
+            if message is not None:
+                self._handle(message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "message":
+            self._dispatch(message["channel"], message["data"])
+        elif kind == "subscribe":
+            waiting = self._unanswered.get(message["channel"].decode())
+            if waiting:
+                answered = waiting.pop(0)
+                if not answered.done():  # its subscriber may have been cancelled
+                    answered.set_result(None)
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         name = channel.decode()
@@ -172,10 +229,15 @@ class RedisBroker(Broker):
     async def subscribe(self, job_id: str) -> None:
         channel = keys.job_channel(job_id)
         self._channels.add(channel)
-        if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                # If this fails the listener is reconnecting and will subscribe the channel.
-                await self._pubsub.subscribe(channel)
+        if self._pubsub is None:
+            return  # reconnecting: the channel is subscribed with the rest, then resync
+        answered = asyncio.get_running_loop().create_future()
+        self._unanswered.setdefault(channel, []).append(answered)
+        with contextlib.suppress(RedisError, OSError):
+            # If this fails the connection is gone: the listener notices, which answers
+            # every waiter, reconnects (subscribing the channel) and resyncs.
+            await self._pubsub.subscribe(channel)
+        await answered
 
     async def unsubscribe(self, job_id: str) -> None:
         channel = keys.job_channel(job_id)

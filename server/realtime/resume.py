@@ -13,12 +13,19 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-def history_covers(since: int, first_retained: int | None, latest_seq: int) -> bool:
-    """Can frames after ``since`` be replayed from a history that starts at ``first_retained``?"""
+def history_covers(since: int, first_retained: int | None, latest_seq: int, ended: bool) -> bool:
+    """Can the frames after ``since`` be replayed exactly from a history read just after a
+    snapshot at ``latest_seq`` (of a job that has ``ended`` or not)? Frames published after
+    the read come live: the watcher subscribed before reading anything."""
     if since > latest_seq:
         return False  # the client claims frames this job never sent
     if first_retained is None:
-        return since == latest_seq  # nothing kept: only a client that missed nothing is fine
+        # Nothing kept when the history was read. A job's frames are saved in its record
+        # before they reach the history, one after another: every frame the snapshot counts
+        # but its own last one would be in the history. So only a client that missed none,
+        # or just that last one (still on its way: it comes live), is fine; an ended job
+        # sends nothing more, so there that last frame may be gone for good.
+        return since == latest_seq or (since + 1 == latest_seq and not ended)
     return first_retained <= since + 1
 
 

@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from server import redis_keys as keys
 from server.broker.base import Broker
 from server.broker.memory import MemoryBroker
 from server.broker.redis import RedisBroker
+from server.redis_client import redis_client
+from server.settings import Settings
+from tests.support.proxy import ReplyGate
 from tests.support.services import RedisServer
 
 JOB = "2d1b7a1c-4b8e-4c55-9a57-8f0f7e5c0c3a"
@@ -146,6 +150,60 @@ async def test_redis_listener_survives_a_restart(redis_server: RedisServer) -> N
     finally:
         await broker.stop()
         await client.aclose()
+
+
+async def test_redis_subscribe_returns_once_redis_has_answered(redis_server: RedisServer) -> None:
+    """subscribe() waits for Redis's reply, not just for the command to be written: the hub
+    reads history right after it on another connection, and Redis orders nothing across
+    connections. Here the reply is held back while Redis already has the subscription."""
+    recorder = Recorder()
+    direct = aioredis.Redis.from_url(redis_server.url)
+    async with ReplyGate(redis_server.port) as gate:
+        client = aioredis.Redis.from_url(f"redis://127.0.0.1:{gate.port}/0")
+        broker = RedisBroker(client, history_max_frames=16, retention_s=60)
+        await broker.start(recorder.deliver, recorder.on_signal, recorder.resync)
+        try:
+            gate.hold()
+            subscribing = asyncio.ensure_future(broker.subscribe(JOB))
+            async with asyncio.timeout(10):
+                while await _subscribers(direct) == 0:  # noqa: ASYNC110 (Redis's state)
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # time enough to return, had it not waited
+            assert not subscribing.done()
+            gate.release()
+            await asyncio.wait_for(subscribing, 10)
+            await direct.publish(keys.job_channel(JOB), b"frame-1")
+            await recorder.wait(lambda: [p for _, p in recorder.frames] == [b"frame-1"])
+        finally:
+            gate.release()
+            await broker.stop()
+            await client.aclose()
+            await direct.aclose()
+
+
+async def test_redis_listener_resyncs_when_its_connection_is_cut(redis_server: RedisServer) -> None:
+    """A pub/sub connection killed by Redis (CLIENT KILL, a proxy timeout, a failover) is a
+    reconnect plus a resync, with the replica's real client. redis-py's own retry would
+    reconnect and resubscribe silently, and frames published in the gap would be lost."""
+    recorder = Recorder()
+    client = redis_client(Settings(redis_url=redis_server.url))
+    broker = RedisBroker(client, history_max_frames=16, retention_s=60)
+    await broker.start(recorder.deliver, recorder.on_signal, recorder.resync)
+    try:
+        await broker.subscribe(JOB)
+        assert await client.client_kill_filter(_type="pubsub") == 1
+        await recorder.wait(lambda: recorder.resyncs == 1)
+        assert broker.reconnects == 1
+        await publish(broker, 1)
+        await recorder.wait(lambda: len(recorder.frames) == 1)
+    finally:
+        await broker.stop()
+        await client.aclose()
+
+
+async def _subscribers(client: aioredis.Redis) -> int:
+    [(_, count)] = await client.pubsub_numsub(keys.job_channel(JOB))
+    return int(count)
 
 
 async def _healthy(broker: Broker) -> bool:

@@ -41,16 +41,22 @@ def test_restart_holds_again() -> None:
 
 
 @pytest.mark.parametrize(
-    ("since", "first", "latest", "covered"),
+    ("since", "first", "latest", "ended", "covered"),
     [
-        (5, 1, 9, True),  # everything after 5 is kept
-        (5, 6, 9, True),  # history starts right after the client's last frame
-        (5, 7, 9, False),  # frame 6 was trimmed
-        (9, None, 9, True),  # nothing kept, nothing missed
-        (4, None, 9, False),  # nothing kept, frames missed
-        (12, 1, 9, False),  # a seq this job never reached
+        (5, 1, 9, False, True),  # everything after 5 is kept
+        (5, 6, 9, False, True),  # history starts right after the client's last frame
+        (5, 7, 9, False, False),  # frame 6 was trimmed
+        (9, None, 9, False, True),  # nothing kept, nothing missed
+        (9, None, 9, True, True),  # likewise, the job over
+        (4, None, 9, False, False),  # nothing kept, frames missed
+        (0, None, 1, False, True),  # the first frame saved, on its way to the history
+        (0, None, 1, True, False),  # an ended job's only frame, gone: the snapshot says it
+        (12, 1, 9, False, False),  # a seq this job never reached
     ],
 )
-def test_history_covers(since: int, first: int | None, latest: int, covered: bool) -> None:
-    """Replay is exact only when the history reaches back to since+1."""
-    assert history_covers(since, first, latest) is covered
+def test_history_covers(
+    since: int, first: int | None, latest: int, ended: bool, covered: bool
+) -> None:
+    """Replay is exact only when the history reaches back to since+1 (or, with nothing
+    kept, when at most the snapshot's own frame is still on its way)."""
+    assert history_covers(since, first, latest, ended) is covered

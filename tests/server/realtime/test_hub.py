@@ -1,0 +1,156 @@
+"""The hub over each broker (in-process, and a real redis-server): every watcher gets each of
+its job's frames once, in order, however its watch and the job's frames interleave."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from server.broker.base import Broker
+from server.broker.memory import MemoryBroker
+from server.broker.redis import RedisBroker
+from server.frames import JobSnapshot, JobStatus, ProgressFrame, encoder
+from server.realtime.hub import Hub
+from server.realtime.outbox import Outbox
+from server.redis_client import redis_client
+from server.settings import Settings
+from tests.support.services import RedisServer
+
+JOB = "7f7c2c52-0f5e-4a43-9d8e-3b0c6f1b9a10"
+
+
+class Job:
+    """A job's writes, in the journal's order: the record's seq first, then the frame."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.seq = 0
+        self.while_snapshot_read: Callable[[], Awaitable[object]] | None = None
+        """Runs once, inside the next snapshot read: frames published meanwhile."""
+
+    async def snapshot(self, job_id: str) -> JobSnapshot:
+        meanwhile, self.while_snapshot_read = self.while_snapshot_read, None
+        if meanwhile is not None:
+            await meanwhile()
+        return JobSnapshot(job_id=job_id, status=JobStatus.PROCESSING, seq=self.seq)
+
+    async def save(self) -> int:
+        """The record at the next seq; its frame is not published yet."""
+        self.seq = await self.broker.next_seq(JOB)
+        return self.seq
+
+    async def publish(self, seq: int) -> None:
+        frame = ProgressFrame(
+            job_id=JOB, seq=seq, progress=0.0, bytes_done=0, bytes_total=0,
+            files_done=0, files_total=1,
+        )  # fmt: skip
+        await self.broker.publish(JOB, seq, encoder.encode(frame), terminal=False)
+
+    async def emit(self) -> int:
+        seq = await self.save()
+        await self.publish(seq)
+        return seq
+
+    async def emit_two(self) -> None:
+        await self.emit()
+        await self.emit()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def hub_job(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Hub, Job]]:
+    client = None
+    if request.param == "memory":
+        broker: Broker = MemoryBroker(history_max_frames=1000, retention_s=60)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = redis_client(Settings(redis_url=server.url))
+        broker = RedisBroker(client, history_max_frames=1000, retention_s=60)
+    job = Job(broker)
+    hub = Hub(broker, job.snapshot)
+
+    await broker.start(hub.deliver, lambda payload: None, hub.resync)
+    yield hub, job
+    await broker.stop()
+    if client is not None:
+        await client.aclose()
+
+
+async def received(outbox: Outbox, count: int) -> list[int]:
+    return [seq for seq, _ in await received_items(outbox, count)]
+
+
+async def received_items(outbox: Outbox, count: int) -> list[tuple[int, str]]:
+    items = []
+    async with asyncio.timeout(10):
+        while len(items) < count:
+            item = await outbox.get()
+            assert item is not None
+            items.append((item.seq, item.type))
+    return items
+
+
+async def test_frames_published_while_a_watch_reads_the_job_are_replayed_not_summarized(
+    hub_job: tuple[Hub, Job],
+) -> None:
+    """Frames that land between the watch's reads of the job (snapshot, history) reach the
+    watcher as themselves: the history is read after the snapshot, so it holds every frame
+    the snapshot counts. (Read the other way round, frame 1 was lost to a snapshot.)"""
+    hub, job = hub_job
+    job.while_snapshot_read = job.emit_two
+    box = Outbox(limit=64)
+    await hub.watch(JOB, 0, box)
+    assert await received_items(box, 2) == [(1, "progress"), (2, "progress")]
+
+
+async def test_a_frame_saved_but_not_yet_published_comes_live(hub_job: tuple[Hub, Job]) -> None:
+    """The job's record is at seq 1 but frame 1 is not in the history yet: a watcher from 0
+    waits for it rather than getting a snapshot in its place."""
+    hub, job = hub_job
+    seq = await job.save()
+    box = Outbox(limit=64)
+    await hub.watch(JOB, 0, box)
+    assert len(box) == 0
+    await job.publish(seq)
+    assert await received_items(box, 1) == [(1, "progress")]
+
+
+async def test_a_watcher_back_before_the_last_one_let_go_still_gets_live_frames(
+    hub_job: tuple[Hub, Job],
+) -> None:
+    """A page reload: the job's only watcher leaves and a new one arrives at once. Letting go
+    of the channel must not cut the newcomer off."""
+    hub, job = hub_job
+    leaving = await hub.watch(JOB, 0, Outbox(limit=64))
+    hub.unwatch(leaving)
+    arriving = Outbox(limit=64)
+    await hub.watch(JOB, 0, arriving)
+    await asyncio.sleep(0.1)  # let the release run
+    assert [await job.emit() for _ in range(3)] == [1, 2, 3]
+    assert await received(arriving, 3) == [1, 2, 3]
+
+
+async def test_watchers_joining_while_frames_flow_get_each_frame_once(
+    hub_job: tuple[Hub, Job],
+) -> None:
+    """Twenty watchers from seq 0 join at random moments of a stream of 150 frames: each
+    gets 1..150 exactly once, in order (history, then live, merged without a gap)."""
+    hub, job = hub_job
+    rng = random.Random(11)
+    outboxes = [Outbox(limit=1000) for _ in range(20)]
+
+    async def join_later(outbox: Outbox) -> None:
+        await asyncio.sleep(rng.uniform(0, 0.25))
+        await hub.watch(JOB, 0, outbox)
+
+    async def stream() -> None:
+        for _ in range(150):
+            await job.emit()
+            await asyncio.sleep(0.002)
+
+    await asyncio.gather(stream(), *(join_later(box) for box in outboxes))
+    for box in outboxes:
+        assert await received(box, 150) == list(range(1, 151))
