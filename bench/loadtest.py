@@ -91,7 +91,12 @@ class Watcher:
         never arrived; a subscriber that never finished has lost everything it missed."""
         if last_seq is None:
             return 0
-        return last_seq - len(self.seen & set(range(1, last_seq + 1)))
+        return len(self.missing(last_seq))
+
+    def missing(self, last_seq: int | None) -> list[int]:
+        if last_seq is None:
+            return []
+        return sorted(set(range(1, last_seq + 1)) - self.seen)
 
 
 Handler = Callable[[WsConnection, bytes], None]
@@ -382,6 +387,12 @@ def summarize(
             for kind, values in sorted(by_type.items())
         },
         "lost_frames": sum(w.lost(terminal.get(w.job_id)) for w in watchers),
+        # Which frames, for finding out why: (job, missing seqs, finished?), a few.
+        "lost_examples": [
+            [w.job_id, w.missing(terminal.get(w.job_id)), w.final_seq is not None]
+            for w in watchers
+            if w.lost(terminal.get(w.job_id))
+        ][:5],
         "duplicate_frames": sum(w.duplicates for w in watchers),
         "unfinished_subscribers": sum(w.final_seq is None for w in watchers),
         "connection_errors": sum(w.error is not None for w in watchers),
