@@ -7,6 +7,11 @@ instead (same subscribers, same frames, same measurements): there the "jobs" are
 the servers start publishing (``--rate`` frames/s for ``--seconds``) once every subscriber
 is in.
 
+Job ``j`` is initiated through replica ``j % R`` (Delineate's shared queue then hands it to
+any replica; the reference servers publish channel ``j`` from that replica). Its subscribers
+are spread over all R replicas, so frames cross between replicas through Redis, as they do
+for the product's users.
+
 Each subscriber follows one job from seq 0 (``?since=0`` / ``Last-Event-ID: 0``), so it must
 receive every frame of its job exactly once: frames missing from 1..<terminal seq> count as
 lost, repeats as duplicates. Latency is receipt time minus the frame's ``ts`` (same machine),
@@ -89,8 +94,6 @@ class Watcher:
     def lost(self, last_seq: int | None) -> int:
         """Frames of 1..``last_seq`` (the job's terminal seq, as any subscriber saw it) that
         never arrived; a subscriber that never finished has lost everything it missed."""
-        if last_seq is None:
-            return 0
         return len(self.missing(last_seq))
 
     def missing(self, last_seq: int | None) -> list[int]:
@@ -285,9 +288,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     subscriber = SUBSCRIBERS[args.protocol]
     started = time.monotonic()
     steady: dict[str, Any] = {}
+    # Subscriber i follows job i % J on replica (i // J) % R: each job's subscribers are
+    # spread over every replica, whichever one runs the job. (With i % R, all of a job's
+    # subscribers sat on the replica it was initiated through.)
+    home = [(i // len(job_ids)) % len(urls) for i in range(len(watchers))]
     tasks = [
-        subscriber(ws_urls[i % len(urls)], w) if i < args.subscribers
-        else sse_subscriber(urls[i % len(urls)], w)
+        subscriber(ws_urls[home[i]], w) if i < args.subscribers
+        else sse_subscriber(urls[home[i]], w)
         for i, w in enumerate(watchers)
     ]  # fmt: skip
     if args.protocol == "broadcaster":
