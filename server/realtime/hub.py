@@ -4,8 +4,9 @@ One broker subscription per job that has at least one local watcher (reference c
 whatever the number of sockets. Each frame from the broker is decoded once (its header),
 turned into text once, and the same string is queued for every local watcher.
 
-A watch starts by subscribing to live frames, then reads the snapshot (no ``since``) or
-the history after ``since``; ``resume.Sequencer`` merges the two without gaps or repeats.
+A watch starts by subscribing to live frames, then reads the snapshot and, to resume from
+``since``, the history after it; ``resume.Sequencer`` merges them with the live frames
+without gaps or repeats.
 When the history no longer covers a client's ``since``, the client gets a snapshot frame
 with ``recovered=false`` instead of a silent gap.
 """
