@@ -396,9 +396,9 @@ def summarize(
         "lost_frames": sum(w.lost(terminal.get(w.job_id)) for w in watchers),
         # Which frames, for finding out why: (job, missing seqs, finished?), a few.
         "lost_examples": [
-            [w.job_id, w.missing(terminal.get(w.job_id)), w.final_seq is not None]
+            [w.job_id, missing, w.final_seq is not None]
             for w in watchers
-            if w.lost(terminal.get(w.job_id))
+            if (missing := w.missing(terminal.get(w.job_id)))
         ][:5],
         "duplicate_frames": sum(w.duplicates for w in watchers),
         "unfinished_subscribers": sum(w.final_seq is None for w in watchers),

@@ -151,9 +151,12 @@ class RedisBroker(Broker):
         if kind == "message":
             self._dispatch(message["channel"], message["data"])
         elif kind == "subscribe":
-            waiting = self._unanswered.get(message["channel"].decode())
+            channel = message["channel"].decode()
+            waiting = self._unanswered.get(channel)
             if waiting:
                 answered = waiting.pop(0)
+                if not waiting:
+                    del self._unanswered[channel]  # else one list stays per channel ever followed
                 if not answered.done():  # its subscriber may have been cancelled
                     answered.set_result(None)
 

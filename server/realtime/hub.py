@@ -133,7 +133,7 @@ class Hub:
         # round, frames published between the two reads were counted by the snapshot but
         # missing from the older history, and the client got a snapshot (recovered=false)
         # in place of frames it could have had: the load test saw a job's first frame go
-        # that way in about one run of fifteen.
+        # that way in 3 runs of 70.
         snapshot = await self._snapshot_of(job_id)
         if since is None:
             return [(snapshot.seq, self._snapshot_item(snapshot, recovered=True))]

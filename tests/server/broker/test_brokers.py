@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from server import redis_keys as keys
 from server.broker.base import Broker
-from server.broker.memory import MemoryBroker
 from server.broker.redis import RedisBroker
 from server.redis_client import redis_client
 from server.settings import Settings
+from tests.support.brokers import broker_of
 from tests.support.proxy import ReplyGate
 from tests.support.services import RedisServer
 
@@ -48,22 +47,12 @@ class Recorder:
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def started(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[Broker, Recorder]]:
+async def started(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Recorder]]:
     recorder = Recorder()
-    client = None
-    if request.param == "memory":
-        broker: Broker = MemoryBroker(history_max_frames=16, retention_s=60)
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = aioredis.Redis.from_url(server.url)
-        broker = RedisBroker(client, history_max_frames=16, retention_s=60)
-    await broker.start(recorder.deliver, recorder.on_signal, recorder.resync)
-    yield broker, recorder
-    await broker.stop()
-    if client is not None:
-        await client.aclose()
+    async with broker_of(request.param, request, history_max_frames=16) as broker:
+        await broker.start(recorder.deliver, recorder.on_signal, recorder.resync)
+        yield broker, recorder
+        await broker.stop()
 
 
 async def publish(broker: Broker, n: int, *, terminal_last: bool = False) -> list[int]:

@@ -6,19 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
 from server.broker.base import Broker
-from server.broker.memory import MemoryBroker
-from server.broker.redis import RedisBroker
 from server.frames import JobSnapshot, JobStatus, ProgressFrame, encoder
 from server.realtime.hub import Hub
 from server.realtime.outbox import Outbox
-from server.redis_client import redis_client
-from server.settings import Settings
-from tests.support.services import RedisServer
+from tests.support.brokers import broker_of
 
 JOB = "7f7c2c52-0f5e-4a43-9d8e-3b0c6f1b9a10"
 
@@ -61,22 +56,13 @@ class Job:
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def hub_job(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Hub, Job]]:
-    client = None
-    if request.param == "memory":
-        broker: Broker = MemoryBroker(history_max_frames=1000, retention_s=60)
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = redis_client(Settings(redis_url=server.url))
-        broker = RedisBroker(client, history_max_frames=1000, retention_s=60)
-    job = Job(broker)
-    hub = Hub(broker, job.snapshot)
-
-    await broker.start(hub.deliver, lambda payload: None, hub.resync)
-    yield hub, job
-    await broker.stop()
-    if client is not None:
-        await client.aclose()
+async def hub_job(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Hub, Job]]:
+    async with broker_of(request.param, request, history_max_frames=1000) as broker:
+        job = Job(broker)
+        hub = Hub(broker, job.snapshot)
+        await broker.start(hub.deliver, lambda payload: None, hub.resync)
+        yield hub, job
+        await broker.stop()
 
 
 async def received(outbox: Outbox, count: int) -> list[int]:
