@@ -28,21 +28,33 @@ BACKEND_WAIT_S = 60.0
 
 
 class Throttle:
-    """At most one event per ``interval`` seconds; remembers that one was held back."""
+    """About one event per ``interval``: events pass on a grid of interval steps, with a
+    tenth of an interval of slack, rather than "an interval since the last one passed".
+
+    The runner reads a chunk per interval and asks for a progress frame after each. Measured
+    from the last frame, a chunk that came a millisecond early (jitter, or chunks a little
+    shorter than the interval) was held back and the next one passed: jobs sent 1.4
+    progress frames a second where 2 were configured. On a grid the jitter does not add up.
+    After a pause of half an interval or more, the grid starts again from the event that
+    ends it (no catch-up burst); two events are never closer than 0.4 intervals."""
+
+    SLACK = 0.1
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self._clock = clock
-        self._last = float("-inf")
+        self._due = float("-inf")
         self.pending = False
 
     def ready(self) -> bool:
         now = self._clock()
-        if now - self._last >= self.interval:
-            self._last, self.pending = now, False
-            return True
-        self.pending = True
-        return False
+        if now < self._due - self.interval * self.SLACK:
+            self.pending = True
+            return False
+        late = now - self._due
+        self._due = self._due + self.interval if late < self.interval / 2 else now + self.interval
+        self.pending = False
+        return True
 
 
 class FrameEmitter:

@@ -90,8 +90,9 @@ def paced_chunk_size(total_bytes: int, delay_s: float, interval_s: float) -> int
     says), but never below 4 KiB nor above the store's 64 KiB."""
     if delay_s <= 0 or interval_s <= 0:
         return CHUNK_SIZE
-    steps = delay_s / interval_s
-    return max(MIN_CHUNK, min(CHUNK_SIZE, int(total_bytes / steps)))
+    steps = max(1, int(delay_s / interval_s))
+    # Rounded up: never more chunks than intervals, so chunks come no faster than progress.
+    return max(MIN_CHUNK, min(CHUNK_SIZE, -(-total_bytes // steps)))
 
 
 class Pacer:
