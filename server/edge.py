@@ -103,6 +103,7 @@ class EdgeHeaders:
         headers = Headers(scope=scope)
         request_id = request_id_from(headers)
         scope.setdefault("state", {})["request_id"] = request_id
+        scope[RAW_SEND_KEY] = send  # see realtime.sse.EventStream: its events skip the wrappers
         extra = [(b"x-request-id", request_id.encode()), *SECURITY_HEADERS, *self._cors(headers)]
         if scope["method"] == "OPTIONS":
             await self._preflight(send, extra)

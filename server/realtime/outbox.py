@@ -24,14 +24,16 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from server.realtime.wire import format_sse_event, text_frame
+from server.realtime.wire import body_chunk, format_sse_event, text_frame
 from server.settings import Settings
 
 
 class Outgoing:
     """One message for one connection; the same object is shared by every local watcher."""
 
-    __slots__ = ("_sse_event", "_ws_frame", "job_id", "seq", "terminal", "text", "ts", "type")
+    __slots__ = (
+        "_sse_chunk", "_sse_event", "_ws_frame", "job_id", "seq", "terminal", "text", "ts", "type",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -46,6 +48,7 @@ class Outgoing:
         self.terminal, self.ts = terminal, ts
         self._ws_frame: bytes | None = None
         self._sse_event: bytes | None = None
+        self._sse_chunk: bytes | None = None
 
     @property
     def ws_frame(self) -> bytes:
@@ -62,6 +65,14 @@ class Outgoing:
         if event is None:
             event = self._sse_event = format_sse_event(self.text, event=self.type, id=self.seq)
         return event
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """The SSE event as a chunk of a chunked response body (``wire.DirectStream``)."""
+        chunk = self._sse_chunk
+        if chunk is None:
+            chunk = self._sse_chunk = body_chunk(self.sse_event)
+        return chunk
 
     def __repr__(self) -> str:
         return f"Outgoing({self.job_id[:8]}, {self.seq}, {self.type})"

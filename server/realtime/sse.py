@@ -5,6 +5,11 @@ hub replays exactly the frames after it. A ``: keepalive`` comment goes out when
 else has for ``keepalive_s`` (proxies close idle streams), and the stream ends after the
 job's terminal frame. The response watches for the client going away and frees the watch
 at once, rather than at the next write.
+
+While the stream's writer waits on an empty outbox, an event is written straight to the
+response's transport as a body chunk (``wire.DirectStream``), without a task switch or the
+middlewares' send wrappers; the response's start and end, keepalives, a paused transport and
+anything queued go through the writer and ASGI.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from starlette.types import Receive, Scope, Send
 
 from server.api.params import job_id_param, services_of
 from server.auth import principal_of
+from server.edge import RAW_SEND_KEY
 from server.errors import BadRequest
 from server.realtime.hub import Hub, Watch
 from server.realtime.outbox import CONTROL_SEQ, Outgoing, outbox_for
 from server.realtime.session import Session
-from server.realtime.wire import format_sse_event
+from server.realtime.wire import DirectStream, direct_stream, format_sse_event
 
 __all__ = ["EventStream", "format_retry", "format_sse_event", "parse_since", "stream"]
 
@@ -80,9 +86,11 @@ class EventStream(Response):
         self._keepalive_s, self._retry_ms = keepalive_s, retry_ms
         self._last_sent = 0.0
         self._keepalive: asyncio.TimerHandle | None = None
+        self._direct: DirectStream | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._session.start()
+        self._direct = direct_stream(scope.get(RAW_SEND_KEY))
         try:
             await self._stream(receive, send)
         finally:
@@ -116,6 +124,8 @@ class EventStream(Response):
         loop = asyncio.get_running_loop()
         self._last_sent = loop.time()
         self._arm_keepalive()
+        if self._direct is not None:
+            self._watch.outbox.direct = self._write_now
         try:
             while (item := await self._watch.outbox.get()) is not None:
                 if item is KEEPALIVE_DUE:
@@ -130,6 +140,17 @@ class EventStream(Response):
         finally:
             if self._keepalive is not None:
                 self._keepalive.cancel()
+
+    def _write_now(self, item: Outgoing) -> bool:
+        """``Outbox.direct``: write an event at once. The terminal frame goes through the
+        writer, which ends the response after it."""
+        if item.terminal or item is KEEPALIVE_DUE or self._direct is None:
+            return False
+        if not self._direct.write(item.sse_chunk):
+            return False
+        self._last_sent = asyncio.get_running_loop().time()
+        self._session.sent(item)
+        return True
 
     def _arm_keepalive(self) -> None:
         """One timer per stream, due a keepalive interval after the last event, rather than

@@ -1,8 +1,8 @@
 """Frames on the wire: each message framed once, the same bytes written to every socket.
 
-Both transports' framings live here: the WebSocket text frame and the SSE event, each built
-once per message (``Outgoing.ws_frame``, ``Outgoing.sse_event``) whatever the number of
-sockets it goes to.
+Both transports' framings live here: the WebSocket text frame and the SSE event (as a
+chunk of a chunked HTTP body), each built once per message (``Outgoing.ws_frame``,
+``Outgoing.sse_chunk``) whatever the number of sockets it goes to.
 
 Through ASGI, every frame sent to every socket is a dict, a coroutine, a ``websockets``
 ``Frame`` object serialized into a fresh header and payload, and a join: the same work
@@ -15,6 +15,13 @@ This is the one module that reaches below ASGI, into uvicorn's sans-I/O WebSocke
 (the object behind the ASGI ``send`` callable). It does so only for data frames and only
 while the connection is plainly open, writable and uncompressed; everything else (accept,
 close, pings, a paused transport, another server) goes through ASGI as before.
+
+An SSE stream is an HTTP response whose body never ends; each event went through the ASGI
+send of every middleware (five wrappers that look only at the response start) and a task
+switch into the stream's writer. ``DirectStream`` writes the event, framed as a body chunk,
+to the transport of uvicorn's httptools response cycle while the response is streaming,
+writable and chunked; the start, the end, a paused transport and other servers go through
+ASGI.
 
 It also holds ``LeanWebSocketProtocol``, the uvicorn protocol the server runs: uvicorn's
 own, keeping less per connection (thousands sit idle at once).
@@ -29,6 +36,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
@@ -46,6 +54,11 @@ def text_frame(payload: bytes) -> bytes:
     if length < 65536:
         return _MEDIUM(TEXT_FIN, 126, length) + payload
     return _LONG(TEXT_FIN, 127, length) + payload
+
+
+def body_chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked HTTP/1.1 body (RFC 9112, section 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 def format_sse_event(data: str, *, event: str | None = None, id: int | None = None) -> bytes:
@@ -118,6 +131,40 @@ def direct_socket(send: Callable[..., Any] | None) -> DirectSocket | None:
     if conn is None or conn.extensions or not hasattr(protocol, "writable"):
         return None
     return DirectSocket(protocol)
+
+
+class DirectStream:
+    """Writes ready-made body chunks to one streaming uvicorn (httptools) HTTP response."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    def write(self, chunk: bytes) -> bool:
+        """Write ``chunk`` now if the response is streaming, chunked and writable; False:
+        use ASGI (which waits for a paused transport, or ends the response)."""
+        cycle = self._cycle
+        if (
+            not cycle.response_started
+            or cycle.response_complete
+            or cycle.disconnected
+            or not cycle.chunked_encoding
+            or cycle.flow.write_paused
+            or cycle.transport.is_closing()
+        ):
+            return False
+        cycle.transport.write(chunk)
+        return True
+
+
+def direct_stream(send: Callable[..., Any] | None) -> DirectStream | None:
+    """A ``DirectStream`` for the response behind uvicorn's ASGI ``send``, or None when the
+    server is not uvicorn's httptools implementation."""
+    cycle = getattr(send, "__self__", None)
+    if not isinstance(cycle, RequestResponseCycle):
+        return None
+    return DirectStream(cycle)
 
 
 T = TypeVar("T")

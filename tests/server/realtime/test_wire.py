@@ -7,13 +7,22 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
 from server.realtime.outbox import Outgoing
-from server.realtime.wire import DirectSocket, LeanWebSocketProtocol, direct_socket, text_frame
+from server.realtime.wire import (
+    DirectSocket,
+    DirectStream,
+    LeanWebSocketProtocol,
+    body_chunk,
+    direct_socket,
+    direct_stream,
+    text_frame,
+)
 from tests.support.processes import free_port
 
 
@@ -53,10 +62,12 @@ async def uvicorn_ws(
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, *, deflate: bool = False, ws: Any) -> AsyncIterator[str]:
+async def serving(
+    app: Any, *, deflate: bool = False, ws: Any = "websockets-sansio", http: str = "httptools"
+) -> AsyncIterator[str]:
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, ws=ws, lifespan="off",
+        app, host="127.0.0.1", port=port, ws=ws, http=http, lifespan="off",
         ws_per_message_deflate=deflate, log_level="warning", ws_ping_interval=0.05,
     )  # fmt: skip
     server = uvicorn.Server(config)
@@ -189,3 +200,50 @@ async def test_a_last_frame_and_its_close_go_out_together_and_end_the_connection
         "later": False,
         "next_message": {"type": "websocket.disconnect", "code": 1000, "reason": "job finished"},
     }
+
+
+def test_an_outgoing_event_is_framed_as_a_body_chunk_once() -> None:
+    item = Outgoing("job", 3, "progress", '{"seq":3}')
+    event = b'id: 3\nevent: progress\ndata: {"seq":3}\n\n'
+    assert item.sse_chunk == b"%x\r\n" % len(event) + event + b"\r\n"
+    assert item.sse_chunk is item.sse_chunk
+    assert body_chunk(b"") == b"0\r\n\r\n"  # (what ends a body: never written directly)
+
+
+async def test_direct_chunks_stream_between_asgi_ones_and_stop_once_the_response_ends() -> None:
+    """An SSE response: ASGI starts it and writes the first event, direct chunks follow, ASGI
+    ends it. The client reads one well-formed chunked body in order; after the end, and
+    before the start, the direct write refuses."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        stream = direct_stream(send)
+        assert stream is not None, "uvicorn's httptools cycle no longer offers a direct write"
+        seen["before_start"] = stream.write(body_chunk(b"too early\n"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one\n", "more_body": True})
+        seen["direct"] = [
+            stream.write(body_chunk(f"{word}\n".encode())) for word in ("two", "three")
+        ]
+        await send({"type": "http.response.body", "body": b"four\n", "more_body": False})
+        seen["after_end"] = stream.write(body_chunk(b"too late\n"))
+
+    async with serving(app) as url, httpx.AsyncClient() as client:
+        response = await client.get(url.replace("ws://", "http://"))
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert response.text == "one\ntwo\nthree\nfour\n"
+    assert seen == {"before_start": False, "direct": [True, True], "after_end": False}
+
+
+async def test_no_direct_stream_under_h11_or_outside_uvicorn() -> None:
+    seen: list[DirectStream | None] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(direct_stream(send))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serving(app, http="h11") as url, httpx.AsyncClient() as client:
+        assert (await client.get(url.replace("ws://", "http://"))).status_code == 204
+    assert seen == [None]
+    assert direct_stream(None) is None
