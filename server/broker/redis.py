@@ -12,12 +12,13 @@
   written is not enough: nothing orders commands across connections, so Redis may run the
   history read that the hub sends next on another connection first, and a frame
   published in between would be in neither the history nor the channel.
-- A supervised listener reads the pub/sub connection, which has a client of its own with no
-  retries: redis-py would otherwise reconnect it silently inside a read and resubscribe,
-  and frames published during the gap would be lost without a resync. When the connection
-  drops the listener reconnects with capped, jittered backoff, resubscribes every channel
-  (and reads the replies), then calls ``resync`` so the hub replays from history what was
-  published while it was away.
+- A supervised listener reads the pub/sub connection (``redis_pubsub``: redis-py's
+  connection, read by a lean hiredis reader), made by a client of its own with no retries:
+  redis-py would otherwise reconnect it silently and frames published during the gap would
+  be lost without a resync. When the connection drops, or stays silent through a health
+  PING (a half-open TCP connection reports nothing by itself), the listener reconnects
+  with capped, jittered backoff, resubscribes every channel (and reads the replies), then
+  calls ``resync`` so the hub replays from history what was published while it was away.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 from server import redis_keys as keys
 from server.backoff import full_jitter
 from server.broker.base import Broker, Deliver, History, OnSignal, Resync
+from server.broker.redis_pubsub import PubSubConnection, PubSubReply
 from server.errors import BackendUnavailable
 from server.redis_client import without_retries
 from server.redis_errors import unavailable_on_disconnect
@@ -41,8 +43,9 @@ log = logging.getLogger("delineate.broker")
 
 RECONNECT_BASE_S = 0.1
 RECONNECT_CAP_S = 5.0
-POLL_TIMEOUT_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
+HEALTH_INTERVAL_S = 10.0
+"""A PING on the pub/sub connection this often; no byte back by the next one: reconnect."""
 
 
 class RedisBroker(Broker):
@@ -50,19 +53,26 @@ class RedisBroker(Broker):
     health_key = "redis"
 
     def __init__(
-        self, client: aioredis.Redis, *, history_max_frames: int, retention_s: int
+        self,
+        client: aioredis.Redis,
+        *,
+        history_max_frames: int,
+        retention_s: int,
+        health_interval_s: float = HEALTH_INTERVAL_S,
     ) -> None:
         # Any: redis-py types every reply as a bytes | str | int union; we decode at the edge.
         self._redis: Any = client
         self._listen_client: Any = without_retries(client)
         self._history_max = history_max_frames
         self._retention_s = retention_s
+        self._health_interval_s = health_interval_s
         self._channels: set[str] = set()
-        self._pubsub: Any = None
+        self._pubsub: PubSubConnection | None = None
         # Per channel, a future per SUBSCRIBE sent and not yet answered (Redis answers them
         # in order), resolved by the listener when the reply arrives.
         self._unanswered: dict[str, list[asyncio.Future[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._deliver: Deliver | None = None
         self._on_signal: OnSignal | None = None
         self._resync: Resync | None = None
@@ -75,28 +85,32 @@ class RedisBroker(Broker):
         self._deliver, self._on_signal, self._resync = deliver, on_signal, resync
         await self._connect()
         self._listener = asyncio.create_task(self._listen(), name="redis-broker-listener")
+        self._watchdog = asyncio.create_task(self._watch_health(), name="redis-broker-health")
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._watchdog, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._close_pubsub()
         await self._listen_client.aclose()
 
     async def _connect(self) -> None:
-        pubsub = self._listen_client.pubsub()
+        pubsub: PubSubConnection | None = None
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                pubsub = await PubSubConnection.open(self._listen_client.connection_pool)
                 await self._subscribe_all(pubsub)
         except BaseException:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
+            if pubsub is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
             raise
         self._pubsub = pubsub
         self.connected = True
 
-    async def _subscribe_all(self, pubsub: Any) -> None:
+    async def _subscribe_all(self, pubsub: PubSubConnection) -> None:
         """Subscribe the control channel and every followed channel, and read Redis's
         replies: after this a history read cannot miss a frame published on them (see the
         module docstring). Channels followed meanwhile are subscribed too, ones let go
@@ -106,11 +120,11 @@ class RedisBroker(Broker):
             await pubsub.subscribe(*todo)
             replies = len(todo)
             while replies:
-                message = await pubsub.get_message(timeout=POLL_TIMEOUT_S)
-                if message is not None and message["type"] == "subscribe":
-                    replies -= 1
-                elif message is not None:
-                    self._handle(message)
+                for reply in await pubsub.read():
+                    if reply[0] == b"subscribe":
+                        replies -= 1
+                    else:
+                        self._handle(reply)
             done |= todo
         if stale := done - self._channels - {keys.CONTROL_CHANNEL}:
             await pubsub.unsubscribe(*stale)
@@ -141,17 +155,39 @@ class RedisBroker(Broker):
             await self._reconnect()
 
     async def _pump(self) -> None:
-        while self._pubsub is not None:
-            message = await self._pubsub.get_message(timeout=POLL_TIMEOUT_S)
-            if message is not None:
-                self._handle(message)
+        while (pubsub := self._pubsub) is not None:
+            for reply in await pubsub.read():
+                self._handle(reply)
 
-    def _handle(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "message":
-            self._dispatch(message["channel"], message["data"])
-        elif kind == "subscribe":
-            channel = message["channel"].decode()
+    async def _watch_health(self) -> None:
+        """PING the pub/sub connection every interval; when nothing at all came back since
+        the last PING, the connection is dead without knowing it: close it, and the
+        listener reconnects and resyncs."""
+        pinged: tuple[PubSubConnection, float] | None = None
+        while True:
+            await asyncio.sleep(self._health_interval_s)
+            pubsub = self._pubsub
+            if pubsub is None:
+                pinged = None
+                continue
+            if pinged is not None and pinged[0] is pubsub and pubsub.last_read_at < pinged[1]:
+                log.warning("redis pub/sub connection silent for %.0fs", self._health_interval_s)
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+                pinged = None
+                continue
+            pinged = (pubsub, asyncio.get_running_loop().time())
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.ping()
+
+    def _handle(self, reply: PubSubReply) -> None:
+        if not isinstance(reply, list):
+            return  # PING's answer (the health check): arriving was its whole point
+        kind = reply[0]
+        if kind == b"message":
+            self._dispatch(reply[1], reply[2])
+        elif kind == b"subscribe":
+            channel = reply[1].decode()
             waiting = self._unanswered.get(channel)
             if waiting:
                 answered = waiting.pop(0)

@@ -200,3 +200,33 @@ async def _healthy(broker: Broker) -> bool:
         return await broker.check()
     except Exception:
         return False
+
+
+async def test_redis_listener_reconnects_when_its_connection_goes_silent(
+    redis_server: RedisServer,
+) -> None:
+    """A half-open connection (a network cut, a stuck proxy) reports no error: the health
+    PING gets nothing back, so the broker drops the connection, reconnects and resyncs. Here
+    a proxy holds every reply, then lets them through again."""
+    recorder = Recorder()
+    async with ReplyGate(redis_server.port) as gate:
+        client = aioredis.Redis.from_url(f"redis://127.0.0.1:{gate.port}/0")
+        broker = RedisBroker(client, history_max_frames=16, retention_s=60, health_interval_s=0.2)
+        await broker.start(recorder.deliver, recorder.on_signal, recorder.resync)
+        try:
+            await broker.subscribe(JOB)
+            gate.hold()
+            async with asyncio.timeout(10):
+                while broker.connected:  # noqa: ASYNC110 (the broker's own state)
+                    await asyncio.sleep(0.05)
+            gate.release()
+            await recorder.wait(lambda: recorder.resyncs == 1)
+            assert broker.reconnects == 1
+            await publish(broker, 1)
+            await recorder.wait(lambda: len(recorder.frames) == 1)
+            await asyncio.sleep(1)  # several more health checks, answered now
+            assert broker.reconnects == 1
+        finally:
+            gate.release()
+            await broker.stop()
+            await client.aclose()
