@@ -80,3 +80,18 @@ def test_make_bench_compares_three_servers_with_tiny_numbers() -> None:
     for server in ("delineate", "delineate-sse", "socketio", "broadcaster"):
         assert f"| {server} |" in out.stderr
     assert "initiate under load: " in out.stderr
+
+
+def test_pubsub_reader_bench_with_tiny_numbers() -> None:
+    """bench/pubsub_reader.py: both readers receive every message and report a CPU cost."""
+    out = subprocess.run(
+        [sys.executable, str(RUN.parent / "pubsub_reader.py"), "--messages", "30",
+         "--gap-ms", "0.5"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    readers = json.loads(out.stdout)["readers"]
+    assert set(readers) == {"redis-py get_message", "broker reader"}
+    for result in readers.values():
+        assert result["messages"] == 30
+        assert result["cpu_us_per_message"] > 0
