@@ -31,6 +31,7 @@ class WsConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._handshaken = False
         self._fragments: list[bytes] = []
+        self._close_sent = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -97,6 +98,7 @@ class WsConnection(asyncio.Protocol):
         elif opcode == 8:  # close: answer it and let the server close the TCP connection
             self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
             self._send(0x8, payload[:2])
+            self._close_sent = True
 
     def _send(self, opcode: int, payload: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -125,7 +127,11 @@ class WsConnection(asyncio.Protocol):
         self._send(0x1, text.encode())
 
     def close(self) -> None:
-        self._send(0x8, struct.pack("!H", 1000))
+        # Once a close frame went out (answering the server's), nothing more may (RFC 6455,
+        # 5.5.1): a second one is only bytes the server has to read and discard.
+        if not self._close_sent:
+            self._send(0x8, struct.pack("!H", 1000))
+            self._close_sent = True
         if self.transport is not None:
             self.transport.close()
 
