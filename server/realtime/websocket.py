@@ -78,26 +78,6 @@ async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
         await ws.close(code, reason[:120])
 
 
-async def _drain_incoming(ws: WebSocket) -> None:
-    """Read until the client goes away (the single-job socket expects no messages)."""
-    while (await ws.receive())["type"] != "websocket.disconnect":
-        pass
-
-
-async def _first_done(*aws: asyncio.Future[None] | asyncio.Task[None]) -> None:
-    """Wait for the first task to end, cancel the rest, surface unexpected errors."""
-    done, pending = await asyncio.wait(aws, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for task in done:
-        if task.cancelled():  # the outbox stopped a writer stuck on a stalled client
-            continue
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):
-            raise exc
-
-
 async def admit(ws: WebSocket, services: Services) -> str | None:
     """Accept the socket if its Origin and its address's connection count allow it; return
     the address held (``connections.release`` it), or None when refused.
@@ -229,23 +209,9 @@ async def _subscribe_one(
         await ws.send_text(error_item(exc.code, exc.message).text)
         await _close(ws, exc.close_code, exc.message)
         return
-    try:
-        frames = FrameWriter(ws, session, close_on_terminal=True)
-        outbox.direct = frames.now
-        writer = _start_writer(outbox, _write_one(ws, outbox, frames))
-        await _first_done(writer, asyncio.ensure_future(_drain_incoming(ws)))
-    finally:
-        services.hub.unwatch(watch)
-    if outbox.overflowed:
-        await _close_slow_consumer(ws)
-
-
-async def _write_one(ws: WebSocket, outbox: Outbox, frames: FrameWriter) -> None:
-    while (item := await outbox.get()) is not None:
-        await frames.send(item)
-        if item.terminal:
-            await _close(ws, CLOSE_NORMAL, JOB_FINISHED)
-            return
+    one = OneJobSession(ws, services, outbox, session)
+    one.follow(watch)
+    await one.run()
 
 
 def _multiplexed(
@@ -261,39 +227,20 @@ multiplexed = WebSocketEndpoint(_multiplexed, "multiplexed")
 """WS /v1/ws: many jobs, one socket."""
 
 
-class MuxSession:
-    """One ``/v1/ws`` connection: reads ops in the connection's own task; writes frames
-    directly from the hub's delivery, and starts a writer task only when a message has to
-    wait (a terminal frame, whose job it then unwatches, or a client that reads slowly).
-    Thousands of these sit idle at once: every task, frame and dict here is per socket."""
+class SocketSession:
+    """What both WebSocket endpoints do with a connection once it is accepted: read in the
+    connection's own task; write frames directly from the hub's delivery; start a writer
+    task only when a message has to wait (a terminal frame, or a client that reads slowly),
+    and stop reading when that writer ends (an overflowing outbox cancels it). Thousands of
+    these sit idle at once: every task, frame and dict here is per socket."""
 
-    __slots__ = (
-        "_frames",
-        "_hub",
-        "_idle",
-        "_idle_timeout_s",
-        "_jobs",
-        "_main",
-        "_max_watches",
-        "_outbox",
-        "_principal",
-        "_reading",
-        "_watches",
-        "_writer",
-        "_ws",
-    )
+    __slots__ = ("_frames", "_hub", "_main", "_outbox", "_watches", "_writer", "_ws")
 
-    def __init__(self, ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
-        self._ws, self._hub = ws, services.hub
-        self._frames = FrameWriter(ws, session, close_on_terminal=False)
-        outbox.direct = self._frames.now
-        self._jobs = services.jobs
-        self._principal = principal_of(ws.scope)
-        self._max_watches = services.settings.max_subscriptions_per_socket
-        self._idle_timeout_s = services.settings.idle_socket_timeout_s
-        self._idle = asyncio.timeout(None)
-        self._reading = False
-        self._outbox = outbox
+    def __init__(
+        self, ws: WebSocket, services: Services, outbox: Outbox, frames: FrameWriter
+    ) -> None:
+        self._ws, self._hub, self._outbox, self._frames = ws, services.hub, outbox, frames
+        outbox.direct = frames.now
         self._watches: dict[str, Watch] = {}
         self._main: asyncio.Task[object] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -301,13 +248,16 @@ class MuxSession:
     async def run(self) -> None:
         self._main = main = asyncio.current_task()
         assert main is not None
-        self._outbox.start_writer = self._start_writer
+        if len(self._outbox):  # queued before the session ran (a single-job replay)
+            self._start_writer()
+        else:
+            self._outbox.start_writer = self._start_writer
         try:
             await self._read()
         except asyncio.CancelledError:
             if self._writer is None or not self._writer.done():
                 raise  # cancelled from outside (shutdown)
-            main.uncancel()  # the writer ended (overflowed or broken): stop reading
+            main.uncancel()  # the writer ended (done, overflowed or broken): stop reading
         finally:
             self._outbox.start_writer = None
             writer = self._writer
@@ -324,9 +274,8 @@ class MuxSession:
                 raise error
         if self._outbox.overflowed:
             await _close_slow_consumer(self._ws)
-        elif self._idle.expired():
-            reason = f"idle: no subscription for {self._idle_timeout_s:g} s"
-            await _close(self._ws, CLOSE_IDLE, reason)
+        else:
+            await self._finish()
 
     def _start_writer(self) -> None:
         """``Outbox.start_writer``: the first message that has to wait starts the writer."""
@@ -336,6 +285,61 @@ class MuxSession:
     def _writer_ended(self, _: object) -> None:
         if self._main is not None:
             self._main.cancel()
+
+    async def _read(self) -> None:
+        raise NotImplementedError
+
+    async def _write(self) -> None:
+        raise NotImplementedError
+
+    async def _finish(self) -> None:
+        """After reading and writing stopped, unless the client was too slow."""
+
+
+class OneJobSession(SocketSession):
+    """``/v1/download/subscribe/{job_id}``: one job's frames, then close 1000 after its
+    terminal frame (written with its close frame at once when the connection allows).
+    Client messages are read and ignored."""
+
+    __slots__ = ()
+
+    def __init__(self, ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
+        super().__init__(ws, services, outbox, FrameWriter(ws, session, close_on_terminal=True))
+
+    def follow(self, watch: Watch) -> None:
+        self._watches[watch.job_id] = watch
+
+    async def _read(self) -> None:
+        while (await self._ws.receive())["type"] != "websocket.disconnect":
+            pass
+
+    async def _write(self) -> None:
+        while (item := await self._outbox.get()) is not None:
+            await self._frames.send(item)
+            if item.terminal:
+                await _close(self._ws, CLOSE_NORMAL, JOB_FINISHED)
+                return
+
+
+class MuxSession(SocketSession):
+    """One ``/v1/ws`` connection: reads ops; a terminal frame's job is unwatched by the
+    writer; a socket that follows nothing for IDLE_SOCKET_TIMEOUT_S is closed (4408)."""
+
+    __slots__ = ("_idle", "_idle_timeout_s", "_jobs", "_max_watches", "_principal", "_reading")
+
+    def __init__(self, ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
+        super().__init__(ws, services, outbox, FrameWriter(ws, session, close_on_terminal=False))
+        self._jobs = services.jobs
+        self._principal = principal_of(ws.scope)
+        self._max_watches = services.settings.max_subscriptions_per_socket
+        self._idle_timeout_s = services.settings.idle_socket_timeout_s
+        self._idle = asyncio.timeout(None)
+        self._reading = False
+
+    async def _finish(self) -> None:
+        if self._idle.expired():
+            reason = f"idle: no subscription for {self._idle_timeout_s:g} s"
+            await _close(self._ws, CLOSE_IDLE, reason)
 
     async def _write(self) -> None:
         while (item := await self._outbox.get()) is not None:
