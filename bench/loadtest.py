@@ -272,7 +272,7 @@ async def start_initiate_load(urls: list[str], args: argparse.Namespace) -> Any:
     for url in urls:
         argv += ["--url", url]
     return await asyncio.create_subprocess_exec(
-        sys.executable, *argv, stdout=asyncio.subprocess.PIPE
+        sys.executable, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
 
 
@@ -322,8 +322,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 initiate = await start_initiate_load(urls, args)
             await everyone
             if initiate is not None:
-                out, _ = await initiate.communicate()
-                steady["initiate"] = json.loads(out or b"null")
+                out, err = await initiate.communicate()
+                # A run that printed nothing says why, instead of reporting nulls.
+                steady["initiate"] = (
+                    json.loads(out) if out.strip() else {"failed": err.decode()[-2000:]}
+                )
         timed_out = False
     except TimeoutError:
         timed_out = True
