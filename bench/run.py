@@ -70,7 +70,7 @@ def start_servers(
     kind: str, args: argparse.Namespace, tmp: Path
 ) -> tuple[RedisServer, list[Managed]]:
     tmp.mkdir(parents=True, exist_ok=True)
-    redis = RedisServer(tmp)
+    redis = RedisServer(tmp, fsync="everysec")  # as compose/ runs it (see RedisServer)
     redis.start()
     nodes: list[Managed]
     if kind == "delineate":
@@ -271,12 +271,15 @@ def table(report: dict[str, Any]) -> str:
         load = run.get("initiate_under_load") or {}
         lat = load.get("latency_ms", {})
         rows.append("")
-        rows.append(
-            f"initiate under load: {load.get('rate_achieved')} requests/s while "
-            f"{run['subscribers']['websocket']:,} sockets stream: p50 {lat.get('p50')} ms, "
-            f"p99 {lat.get('p99')} ms, max {lat.get('max')} ms, {load.get('errors')} errors "
-            f"(frames meanwhile: p99 {run['latency_ms']['p99']} ms, {run['lost_frames']} lost)"
-        )
+        if "failed" in load:
+            rows.append(f"initiate under load: the load process failed:\n{load['failed']}")
+        else:
+            rows.append(
+                f"initiate under load: {load.get('rate_achieved')} requests/s while "
+                f"{run['subscribers']['websocket']:,} sockets stream: p50 {lat.get('p50')} ms, "
+                f"p99 {lat.get('p99')} ms, max {lat.get('max')} ms, {load.get('errors')} errors "
+                f"(frames meanwhile: p99 {run['latency_ms']['p99']} ms, {run['lost_frames']} lost)"
+            )
     if "idle" in report:
         idle = report["idle"]
         rows.append("")
