@@ -149,3 +149,8 @@ async def test_a_terminal_frame_gives_the_active_job_slot_back(
     assert await j.store.claim_slot("owner-1", "another", limit=1)
     history = await j.broker.history(record.job.job_id, 0)
     assert [seq for seq, _ in history.frames] == [1, 2]
+    stored = await j.store.get(record.job.job_id)
+    assert stored is not None
+    assert (stored.job.status, stored.job.seq) == (JobStatus.COMPLETED, 2)
+    if isinstance(j, RedisJournal):
+        assert j.scripted == 1  # the terminal frame and the slot's release: one script
