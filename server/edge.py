@@ -94,16 +94,17 @@ class EdgeHeaders:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        # The server's own send, for the writes that skip the wrappers below it:
+        # realtime.websocket.FrameWriter and realtime.sse.EventStream.
+        scope[RAW_SEND_KEY] = send
         if scope["type"] == "websocket":
             # No local holds the headers: this frame lasts as long as the socket.
             scope.setdefault("state", {})["request_id"] = request_id_from(Headers(scope=scope))
-            scope[RAW_SEND_KEY] = send  # see realtime.websocket.FrameWriter
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
         request_id = request_id_from(headers)
         scope.setdefault("state", {})["request_id"] = request_id
-        scope[RAW_SEND_KEY] = send  # see realtime.sse.EventStream: its events skip the wrappers
         extra = [(b"x-request-id", request_id.encode()), *SECURITY_HEADERS, *self._cors(headers)]
         if scope["method"] == "OPTIONS":
             await self._preflight(send, extra)

@@ -163,20 +163,16 @@ class RedisBroker(Broker):
         """PING the pub/sub connection every interval; when nothing at all came back since
         the last PING, the connection is dead without knowing it: close it, and the
         listener reconnects and resyncs."""
-        pinged: tuple[PubSubConnection, float] | None = None
         while True:
             await asyncio.sleep(self._health_interval_s)
             pubsub = self._pubsub
             if pubsub is None:
-                pinged = None
                 continue
-            if pinged is not None and pinged[0] is pubsub and pubsub.last_read_at < pinged[1]:
+            if pubsub.silent_since_ping():
                 log.warning("redis pub/sub connection silent for %.0fs", self._health_interval_s)
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
-                pinged = None
                 continue
-            pinged = (pubsub, asyncio.get_running_loop().time())
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.ping()
 

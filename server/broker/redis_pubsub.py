@@ -13,7 +13,7 @@ reply in them is returned at once, one wake-up per batch. In subscribe mode Redi
 only pushes (``message``, ``subscribe``, ``unsubscribe``) and PING's answer, so no reply
 has to be matched to a request.
 
-``ping`` and ``last_read_at`` let the broker notice a connection that went silent (a
+``ping`` and ``silent_since_ping`` let the broker notice a connection that went silent (a
 half-open TCP connection after a network cut never reports an error by itself).
 """
 
@@ -40,7 +40,8 @@ class PubSubConnection:
         self._parser = hiredis.Reader()
         loop = asyncio.get_running_loop()
         self._time = loop.time
-        self.last_read_at = loop.time()
+        self._last_read_at = loop.time()
+        self._pinged_at: float | None = None
 
     @classmethod
     async def open(cls, pool: Any) -> PubSubConnection:
@@ -56,7 +57,12 @@ class PubSubConnection:
         await self._send("UNSUBSCRIBE", *channels)
 
     async def ping(self) -> None:
+        self._pinged_at = self._time()
         await self._send("PING")
+
+    def silent_since_ping(self) -> bool:
+        """Nothing at all has arrived since the last ``ping`` was sent."""
+        return self._pinged_at is not None and self._last_read_at < self._pinged_at
 
     async def read(self) -> list[PubSubReply]:
         """Every reply that has arrived, at least one (waiting for it).
@@ -78,7 +84,7 @@ class PubSubConnection:
             if not data:
                 await self._connection.disconnect(nowait=True)
                 raise RedisConnectionError("pub/sub connection closed by the server")
-            self.last_read_at = self._time()
+            self._last_read_at = self._time()
             self._parser.feed(data)
 
     async def aclose(self) -> None:

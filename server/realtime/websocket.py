@@ -209,9 +209,7 @@ async def _subscribe_one(
         await ws.send_text(error_item(exc.code, exc.message).text)
         await _close(ws, exc.close_code, exc.message)
         return
-    one = OneJobSession(ws, services, outbox, session)
-    one.follow(watch)
-    await one.run()
+    await OneJobSession(ws, services, outbox, session, watch).run()
 
 
 def _multiplexed(
@@ -303,10 +301,10 @@ class OneJobSession(SocketSession):
 
     __slots__ = ()
 
-    def __init__(self, ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
+    def __init__(
+        self, ws: WebSocket, services: Services, outbox: Outbox, session: Session, watch: Watch
+    ) -> None:
         super().__init__(ws, services, outbox, FrameWriter(ws, session, close_on_terminal=True))
-
-    def follow(self, watch: Watch) -> None:
         self._watches[watch.job_id] = watch
 
     async def _read(self) -> None:
