@@ -103,6 +103,8 @@ class JobService:
             task.cancel()
         dispatcher = [self._dispatcher] if self._dispatcher is not None else []
         await asyncio.gather(*dispatcher, *self._slots, return_exceptions=True)
+        # After the jobs handed back, which wrote through it.
+        await self._journal.aclose()
         self._dispatcher = None
 
     @property

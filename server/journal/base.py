@@ -51,3 +51,6 @@ class Journal:
         payload = encoder.encode(frame)
         await self.broker.publish(job.job_id, seq, payload, terminal=is_terminal(frame))
         return frame
+
+    async def aclose(self) -> None:
+        """Release what the journal holds of its own (the broker and store are not its)."""

@@ -22,7 +22,6 @@ reached its subscribers later than its ``file`` frame by about the same again.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -34,6 +33,7 @@ from server.jobstore.base import JobStore
 from server.jobstore.redis import encode_record
 from server.journal.base import BuildFrame, Journal
 from server.redis_errors import unavailable_on_disconnect
+from server.redis_pipe import PipeScript, RedisPipe
 
 log = logging.getLogger("delineate.journal")
 
@@ -66,7 +66,10 @@ class RedisJournal(Journal):
         retention_s: int,
     ) -> None:
         super().__init__(broker, store)
-        self._append: Any = client.register_script(APPEND)
+        # The script goes through a pipe of its own: one connection, no pool, no per-call
+        # redis-py machinery (see server/redis_pipe.py); other commands use the client.
+        self._pipe = RedisPipe(client.connection_pool)
+        self._append = PipeScript(APPEND)
         self._history_max = history_max_frames
         self._retention_s = retention_s
         self.fallbacks = 0
@@ -105,7 +108,10 @@ class RedisJournal(Journal):
         if record.job.status.is_terminal and record.quota is not None:
             script_keys.append(keys.active_jobs(record.quota))
             args.append(job_id)
-        reply = await self._append(keys=script_keys, args=args)
+        reply = await self._pipe.evalsha(self._append, script_keys, args)
         if reply == b"refused":
             log.warning("frame %s of job %s refused by history: a later one is there", seq, job_id)
         return reply in (b"ok", b"refused")
+
+    async def aclose(self) -> None:
+        await self._pipe.aclose()

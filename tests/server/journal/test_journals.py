@@ -47,6 +47,7 @@ async def journal(
     await store.start()
     await broker.start(recorder.deliver, recorder.on_signal, recorder.resync)
     yield journal, recorder
+    await journal.aclose()
     await broker.stop()
     await store.stop()
     if client is not None:

@@ -1,0 +1,134 @@
+"""The pipelined Redis connection on a real redis-server, through the replica's own client
+(so the redis-py connection internals it reads from are pinned here)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from server.redis_client import redis_client
+from server.redis_pipe import PipeScript, RedisPipe
+from server.settings import Settings
+from tests.support.proxy import ReplyGate
+from tests.support.services import RedisServer
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = redis_client(Settings(redis_url=redis_server.url))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def pipe(client: aioredis.Redis) -> AsyncIterator[RedisPipe]:
+    pipe = RedisPipe(client.connection_pool)
+    yield pipe
+    await pipe.aclose()
+
+
+async def test_concurrent_callers_each_get_their_own_reply(pipe: RedisPipe) -> None:
+    replies = await asyncio.gather(
+        *(pipe.call("ECHO", f"m{i}") if i % 3 else pipe.call("INCR", "n") for i in range(300))
+    )
+    echoes = [r for i, r in enumerate(replies) if i % 3]
+    counts = [r for i, r in enumerate(replies) if not i % 3]
+    assert echoes == [f"m{i}".encode() for i in range(300) if i % 3]
+    assert counts == list(range(1, 101))
+
+
+async def test_an_error_reply_raises_and_the_pipe_goes_on(pipe: RedisPipe) -> None:
+    await pipe.call("SET", "s", "text")
+    with pytest.raises(ResponseError, match="not an integer"):
+        await pipe.call("INCR", "s")
+    assert await pipe.call("GET", "s") == b"text"
+
+
+async def test_a_script_runs_by_sha_and_in_full_when_redis_lost_it(
+    pipe: RedisPipe, client: aioredis.Redis
+) -> None:
+    script = PipeScript("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    assert await pipe.evalsha(script, ["k"], [2]) == 2
+    await client.script_flush()
+    assert await pipe.evalsha(script, ["k"], [3]) == 5  # NOSCRIPT, then EVAL
+    assert await client.script_exists(script.sha) == [True]  # EVAL cached it again
+
+
+async def test_the_urls_options_apply(redis_server: RedisServer) -> None:
+    client = redis_client(Settings(redis_url=f"{redis_server.url}/3?client_name=journal"))
+    pipe = RedisPipe(client.connection_pool)
+    try:
+        await pipe.call("SET", "where", "db3")
+        assert await pipe.call("CLIENT", "GETNAME") == b"journal"
+        assert await client.get("where") == b"db3"
+        assert await client.execute_command("SELECT", 0) and await client.get("where") is None
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+
+
+async def test_a_cancelled_caller_leaves_the_replies_in_step(redis_server: RedisServer) -> None:
+    async with ReplyGate(redis_server.port) as gate:
+        client = redis_client(Settings(redis_url=f"redis://127.0.0.1:{gate.port}"))
+        pipe = RedisPipe(client.connection_pool)
+        try:
+            await pipe.call("PING")  # connected
+            gate.hold()
+            first = asyncio.create_task(pipe.call("ECHO", "first"))
+            await asyncio.sleep(0.05)
+            first.cancel()
+            second = asyncio.create_task(pipe.call("ECHO", "second"))
+            await asyncio.sleep(0.05)
+            gate.release()
+            async with asyncio.timeout(10):
+                assert await second == b"second"
+            assert first.cancelled()
+            assert await pipe.call("ECHO", "third") == b"third"
+        finally:
+            await pipe.aclose()
+            await client.aclose()
+
+
+async def test_a_lost_connection_fails_the_waiting_calls_and_the_next_call_reconnects(
+    pipe: RedisPipe, client: aioredis.Redis
+) -> None:
+    await pipe.call("CLIENT", "SETNAME", "pipe")
+    waiting = asyncio.create_task(pipe.call("BLPOP", "nothing", 30))
+    await asyncio.sleep(0.1)
+    killed = 0
+    for info in await client.client_list():
+        if info["name"] == "pipe":
+            killed += await client.client_kill_filter(_id=info["id"])
+    assert killed == 1
+    async with asyncio.timeout(10):
+        with pytest.raises(RedisConnectionError):
+            await waiting
+    assert await pipe.call("ECHO", "again") == b"again"
+
+
+async def test_a_reply_that_never_comes_is_a_timeout_then_a_new_connection(
+    redis_server: RedisServer,
+) -> None:
+    async with ReplyGate(redis_server.port) as gate:
+        client = redis_client(Settings(redis_url=f"redis://127.0.0.1:{gate.port}"))
+        pipe = RedisPipe(client.connection_pool, timeout_s=0.3)
+        try:
+            await pipe.call("PING")
+            gate.hold()
+            other = asyncio.create_task(pipe.call("ECHO", "other"))
+            with pytest.raises(RedisTimeoutError):
+                await pipe.call("ECHO", "held")
+            with pytest.raises(RedisTimeoutError):
+                await other  # on the connection given up
+            gate.release()
+            async with asyncio.timeout(10):
+                assert await pipe.call("ECHO", "fresh") == b"fresh"
+        finally:
+            await pipe.aclose()
+            await client.aclose()
