@@ -8,7 +8,6 @@ never sees half an object. Links are HMAC-signed paths served by ``api.files``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import time
@@ -20,8 +19,11 @@ from server.errors import ObjectMissing, StorageError
 from server.storage import demo, signing
 from server.storage.base import CHUNK_SIZE, ObjectInfo, ObjectWriter, PresignedUrl, Storage
 from server.storage.keys import is_valid_key
+from server.storage.threads import BlockingCalls
 
 FILES_ROUTE = "/v1/files/"
+IO_THREADS = 4
+"""Reads of stored files, bundle writes and their final fsync: disk-bound, few at a time."""
 
 
 class LocalStorage(Storage):
@@ -31,10 +33,15 @@ class LocalStorage(Storage):
         self.root = Path(root).resolve()
         self._secret = secret
         self._base = public_base_url.rstrip("/")
+        self._threads = BlockingCalls(IO_THREADS, "local-store")
 
     async def start(self) -> None:
         for sub in ("downloads", "exports"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._threads.start()
+
+    async def stop(self) -> None:
+        self._threads.stop()
 
     def path_of(self, key: str) -> Path:
         if not is_valid_key(key):
@@ -55,7 +62,7 @@ class LocalStorage(Storage):
         path = self.path_of(key)
         if path.exists():
             with path.open("rb") as fh:
-                while chunk := await asyncio.to_thread(fh.read, chunk_size):
+                while chunk := await self._threads.run(fh.read, chunk_size):
                     yield chunk
             return
         file_id = _demo_id(key)
@@ -66,7 +73,8 @@ class LocalStorage(Storage):
 
     async def writer(self, key: str) -> ObjectWriter:
         path = self.path_of(key)
-        return _LocalWriter(path, path.with_name(f"{path.name}.{secrets.token_hex(4)}.part"))
+        part = path.with_name(f"{path.name}.{secrets.token_hex(4)}.part")
+        return _LocalWriter(path, part, self._threads)
 
     async def delete(self, key: str) -> None:
         self.path_of(key).unlink(missing_ok=True)
@@ -98,8 +106,8 @@ a few KiB per progress step, and each trip to the thread pool cost the event loo
 
 
 class _LocalWriter(ObjectWriter):
-    def __init__(self, final: Path, part: Path) -> None:
-        self._final, self._part = final, part
+    def __init__(self, final: Path, part: Path, threads: BlockingCalls) -> None:
+        self._final, self._part, self._threads = final, part, threads
         self._fh: BinaryIO | None = part.open("wb")
         self._buffer = bytearray()
         self._size = 0
@@ -111,14 +119,14 @@ class _LocalWriter(ObjectWriter):
         self._size += len(data)
         if len(self._buffer) >= WRITE_BUFFER_BYTES:
             full, self._buffer = self._buffer, bytearray()
-            await asyncio.to_thread(self._fh.write, full)
+            await self._threads.run(self._fh.write, full)
 
     async def complete(self) -> int:
         if self._fh is None:
             raise StorageError("complete after complete/abort")
         fh, self._fh = self._fh, None
         tail, self._buffer = self._buffer, bytearray()
-        await asyncio.to_thread(_close_and_rename, fh, tail, self._part, self._final)
+        await self._threads.run(_close_and_rename, fh, tail, self._part, self._final)
         return self._size
 
     async def abort(self) -> None:

@@ -8,12 +8,9 @@ errors are mapped here, once, to ``ObjectMissing`` / ``TransientStorageError`` /
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import boto3
@@ -22,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from server.errors import ObjectMissing, StorageError, TransientStorageError
 from server.storage.base import CHUNK_SIZE, ObjectInfo, ObjectWriter, PresignedUrl, Storage
+from server.storage.threads import BlockingCalls
 
 log = logging.getLogger("delineate.s3")
 T = TypeVar("T")
@@ -72,7 +70,7 @@ class S3Storage(Storage):
         self.bucket = bucket
         self._create_bucket = create_bucket
         self._part_size = max(part_size, MIN_PART_SIZE)
-        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="s3")
+        self._threads = BlockingCalls(max_threads, "s3")
         session = boto3.session.Session(
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
@@ -96,13 +94,13 @@ class S3Storage(Storage):
         self._probe = client(1.0, 1.0, 1)
 
     async def _call(self, what: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, functools.partial(fn, **kwargs))
+            return await self._threads.run(fn, **kwargs)
         except (ClientError, BotoCoreError, OSError) as exc:
             raise map_error(exc, what) from exc
 
     async def start(self) -> None:
+        self._threads.start()
         if not self._create_bucket:
             return
         try:
@@ -112,7 +110,7 @@ class S3Storage(Storage):
             await self._call("create bucket", self._s3.create_bucket, Bucket=self.bucket)
 
     async def stop(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._threads.stop()
 
     async def head(self, key: str) -> ObjectInfo | None:
         try:
