@@ -67,7 +67,9 @@ async def test_the_urls_options_apply(redis_server: RedisServer) -> None:
         await pipe.call("SET", "where", "db3")
         assert await pipe.call("CLIENT", "GETNAME") == b"journal"
         assert await client.get("where") == b"db3"
-        assert await client.execute_command("SELECT", 0) and await client.get("where") is None
+        db0 = aioredis.Redis.from_url(redis_server.url)
+        assert await db0.get("where") is None
+        await db0.aclose()
     finally:
         await pipe.aclose()
         await client.aclose()
