@@ -199,7 +199,12 @@ class Outbox:
                 await self._waiter
             finally:
                 self._waiter = None
-        if self.overflowed:
+        return self.pop()
+
+    def pop(self) -> Outgoing | None:
+        """The next message without waiting; None when there is none, or once the outbox
+        overflowed."""
+        if self.overflowed or not self._items:
             return None
         item = self._items.pop(0)
         if self.full_since is not None and len(self._items) < self.limit:

@@ -182,7 +182,7 @@ class FrameWriter:
         self._session.sent(item)
 
 
-def _start_writer(outbox: Outbox, writing: Coroutine[None, None, None]) -> asyncio.Task[None]:
+def _start_writer(outbox: Outbox, writing: Coroutine[None, None, bool]) -> asyncio.Task[bool]:
     """Run the connection's writer; an overflowing outbox cancels it, since its send may be
     waiting forever on a client that stopped reading."""
     writer = asyncio.ensure_future(writing)
@@ -227,10 +227,12 @@ multiplexed = WebSocketEndpoint(_multiplexed, "multiplexed")
 
 class SocketSession:
     """What both WebSocket endpoints do with a connection once it is accepted: read in the
-    connection's own task; write frames directly from the hub's delivery; start a writer
-    task only when a message has to wait (a terminal frame, or a client that reads slowly),
-    and stop reading when that writer ends (an overflowing outbox cancels it). Thousands of
-    these sit idle at once: every task, frame and dict here is per socket."""
+    connection's own task; write frames directly from the hub's delivery; run a writer
+    task only while messages have to wait (a replay, a terminal frame, a client that reads
+    slowly): it sends what is queued and ends, and the next message that has to wait starts
+    another. Reading stops when a writer ends the connection (terminal frame sent, send
+    failed, or cancelled by an overflowing outbox). Thousands of these sit idle at once:
+    every task, frame and dict here is per socket."""
 
     __slots__ = ("_frames", "_hub", "_main", "_outbox", "_watches", "_writer", "_ws")
 
@@ -241,7 +243,7 @@ class SocketSession:
         outbox.direct = frames.now
         self._watches: dict[str, Watch] = {}
         self._main: asyncio.Task[object] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[bool] | None = None
 
     async def run(self) -> None:
         self._main = main = asyncio.current_task()
@@ -276,18 +278,37 @@ class SocketSession:
             await self._finish()
 
     def _start_writer(self) -> None:
-        """``Outbox.start_writer``: the first message that has to wait starts the writer."""
+        """``Outbox.start_writer``: a message that has to wait starts a writer."""
         self._writer = _start_writer(self._outbox, self._write())
         self._writer.add_done_callback(self._writer_ended)
 
-    def _writer_ended(self, _: object) -> None:
-        if self._main is not None:
+    def _writer_ended(self, writer: asyncio.Task[bool]) -> None:
+        if writer is not self._writer:
+            return  # drained; the next message that had to wait started another already
+        if not writer.cancelled() and writer.exception() is None and writer.result():
+            self._writer = None  # drained
+        elif self._main is not None:
             self._main.cancel()
+
+    async def _write(self) -> bool:
+        """Send what is queued. True: all sent and the connection goes on (the next message
+        that has to wait starts a writer again); False: the connection is done."""
+        outbox = self._outbox
+        while (item := outbox.pop()) is not None:
+            if not await self._send(item):
+                return False
+        if outbox.overflowed:
+            return False
+        # In the same step as the check that nothing is queued: a message put after it
+        # starts a new writer (or goes out directly), never waits behind this one.
+        outbox.start_writer = self._start_writer
+        return True
 
     async def _read(self) -> None:
         raise NotImplementedError
 
-    async def _write(self) -> None:
+    async def _send(self, item: Outgoing) -> bool:
+        """Send one queued message; False: the connection is done."""
         raise NotImplementedError
 
     async def _finish(self) -> None:
@@ -311,12 +332,12 @@ class OneJobSession(SocketSession):
         while (await self._ws.receive())["type"] != "websocket.disconnect":
             pass
 
-    async def _write(self) -> None:
-        while (item := await self._outbox.get()) is not None:
-            await self._frames.send(item)
-            if item.terminal:
-                await _close(self._ws, CLOSE_NORMAL, JOB_FINISHED)
-                return
+    async def _send(self, item: Outgoing) -> bool:
+        await self._frames.send(item)
+        if item.terminal:
+            await _close(self._ws, CLOSE_NORMAL, JOB_FINISHED)
+            return False
+        return True
 
 
 class MuxSession(SocketSession):
@@ -339,14 +360,14 @@ class MuxSession(SocketSession):
             reason = f"idle: no subscription for {self._idle_timeout_s:g} s"
             await _close(self._ws, CLOSE_IDLE, reason)
 
-    async def _write(self) -> None:
-        while (item := await self._outbox.get()) is not None:
-            await self._frames.send(item)
-            if item.terminal:
-                watch = self._watches.pop(item.job_id, None)
-                if watch is not None:
-                    self._hub.unwatch(watch)
-                    self._arm_idle()
+    async def _send(self, item: Outgoing) -> bool:
+        await self._frames.send(item)
+        if item.terminal:
+            watch = self._watches.pop(item.job_id, None)
+            if watch is not None:
+                self._hub.unwatch(watch)
+                self._arm_idle()
+        return True
 
     def _arm_idle(self) -> None:
         """A socket that follows nothing is closed after IDLE_SOCKET_TIMEOUT_S (4408)."""

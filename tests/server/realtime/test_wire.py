@@ -63,11 +63,16 @@ async def uvicorn_ws(
 
 @contextlib.asynccontextmanager
 async def serving(
-    app: Any, *, deflate: bool = False, ws: Any = "websockets-sansio", http: str = "httptools"
+    app: Any,
+    *,
+    deflate: bool = False,
+    ws: Any = "websockets-sansio",
+    http: str = "httptools",
+    lifespan: str = "off",
 ) -> AsyncIterator[str]:
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, ws=ws, http=http, lifespan="off",
+        app, host="127.0.0.1", port=port, ws=ws, http=http, lifespan=lifespan,
         ws_per_message_deflate=deflate, log_level="warning", ws_ping_interval=0.05,
     )  # fmt: skip
     server = uvicorn.Server(config)
