@@ -124,8 +124,9 @@ class Outbox:
         # Delivery without the writer task: tried only while no writer is busy and nothing
         # is queued (so order is kept); False from it means "queue it as usual".
         self.direct: Callable[[Outgoing], bool] | None = None
-        # Set while the connection has no writer task yet: the first message that has to be
-        # queued starts one. Most sockets never need one (their frames go out directly).
+        # Set while the connection has no writer task running: a message that has to be
+        # queued starts one (a WebSocket's writer ends again once the queue is sent). Most
+        # sockets never need one (their frames go out directly).
         self.start_writer: Callable[[], object] | None = None
 
     def __len__(self) -> int:
