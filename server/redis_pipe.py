@@ -127,14 +127,16 @@ class RedisPipe:
                     waiter = pending.popleft()
                     if not waiter.done():  # its caller was cancelled: drop the reply
                         waiter.set_result(reply)
-        except (OSError, hiredis.ProtocolError, RedisConnectionError) as exc:
-            error = exc if isinstance(exc, RedisConnectionError) else None
-            self._lose(connection, error or RedisConnectionError(f"Redis pipe: {exc!r}"))
+        except RedisConnectionError as exc:
+            self._lose(connection, exc)
+            await connection.disconnect(nowait=True)
+        except (OSError, hiredis.ProtocolError) as exc:
+            self._lose(connection, RedisConnectionError(f"Redis pipe: {exc!r}"))
             await connection.disconnect(nowait=True)
 
     def _lose(self, connection: Any, error: Exception) -> None:
         """``connection`` is no longer usable: every command waiting on it fails with
-        ``error``, and the next call connects again."""
+        ``error``, and the next call connects again. The caller disconnects it."""
         if self._connection is not connection:
             return
         self._connection = None
@@ -145,7 +147,6 @@ class RedisPipe:
         for waiter in pending:
             if not waiter.done():
                 waiter.set_exception(error)
-        connection._writer.close()
 
 
 def _response_error(message: str) -> ResponseError:

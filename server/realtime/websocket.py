@@ -182,14 +182,6 @@ class FrameWriter:
         self._session.sent(item)
 
 
-def _start_writer(outbox: Outbox, writing: Coroutine[None, None, bool]) -> asyncio.Task[bool]:
-    """Run the connection's writer; an overflowing outbox cancels it, since its send may be
-    waiting forever on a client that stopped reading."""
-    writer = asyncio.ensure_future(writing)
-    outbox.on_overflow = writer.cancel
-    return writer
-
-
 async def _close_slow_consumer(ws: WebSocket) -> None:
     """1013, sent as soon as the client's buffers take it; a client that never reads again is
     dropped without it after CLOSE_WAIT_S."""
@@ -278,9 +270,12 @@ class SocketSession:
             await self._finish()
 
     def _start_writer(self) -> None:
-        """``Outbox.start_writer``: a message that has to wait starts a writer."""
-        self._writer = _start_writer(self._outbox, self._write())
-        self._writer.add_done_callback(self._writer_ended)
+        """``Outbox.start_writer``: a message that has to wait starts a writer. An
+        overflowing outbox cancels it, since its send may be waiting forever on a client
+        that stopped reading."""
+        self._writer = writer = asyncio.ensure_future(self._write())
+        self._outbox.on_overflow = writer.cancel
+        writer.add_done_callback(self._writer_ended)
 
     def _writer_ended(self, writer: asyncio.Task[bool]) -> None:
         if writer is not self._writer:
