@@ -18,6 +18,7 @@ from server.journal.base import Journal
 from server.observability.metrics import LoopLagMonitor, Metrics
 from server.ratelimit import FixedWindowLimiter, Limiter
 from server.realtime.admission import ConnectionCap
+from server.realtime.closing import ClosePacer
 from server.realtime.hub import Hub
 from server.settings import Settings
 from server.storage.base import Storage
@@ -33,6 +34,8 @@ class Services(msgspec.Struct, kw_only=True):
     store: JobStore
     jobs: JobService
     hub: Hub
+    closes: ClosePacer
+    """Paces the closes that follow terminal frames (``server.realtime.closing``)."""
     metrics: Metrics
     loop_lag: LoopLagMonitor
     connections: ConnectionCap
@@ -49,6 +52,7 @@ class Services(msgspec.Struct, kw_only=True):
         Last-Event-ID; uvicorn closes WebSockets with 1012) and hand running jobs back to the
         queue at once, so another replica continues them without waiting for a lease."""
         self.draining.set()
+        self.closes.flush()
         await self.jobs.stop()
 
     def health_checks(self) -> dict[str, Awaitable[bool]]:
@@ -167,7 +171,9 @@ def build(settings: Settings) -> Services:
         max_active_per_owner=settings.max_active_jobs_per_owner,
     )
     hub = Hub(broker, jobs.snapshot)
+    closes = ClosePacer(settings.close_rate)
     metrics.jobs_running.set_function(lambda: jobs.running)
+    metrics.closes_queued.set_function(lambda: len(closes))
     metrics.broker_reconnects.set_function(lambda: getattr(broker, "reconnects", 0))
     return Services(
         settings=settings,
@@ -176,6 +182,7 @@ def build(settings: Settings) -> Services:
         store=store,
         jobs=jobs,
         hub=hub,
+        closes=closes,
         metrics=metrics,
         loop_lag=LoopLagMonitor(metrics),
         connections=ConnectionCap(settings.max_sockets_per_ip, settings.trusted_proxy_list),

@@ -86,6 +86,11 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     max_sockets_per_ip: Annotated[int, msgspec.Meta(ge=1)] = 200
     """WebSocket + SSE connections one client address may hold on one replica."""
 
+    close_rate: Annotated[float, msgspec.Meta(ge=0)] = 800.0
+    """Closes per second at most, per replica, of the single-job sockets and event streams
+    whose terminal frame went out (0 = each at once). Their terminal frames are never held:
+    when many jobs end together, the closes follow them instead of delaying other frames."""
+
     idle_socket_timeout_s: Seconds = 30.0
     """A multiplexed socket that follows no job for this long is closed (4408)."""
     slow_consumer_deadline_s: Seconds = 10.0

@@ -56,6 +56,11 @@ class Metrics:
         self.broker_reconnects = Gauge(
             "delineate_broker_reconnects", "Times the broker's listener reconnected", registry=r
         )
+        self.closes_queued = Gauge(
+            "delineate_closes_queued",
+            "Sockets and streams whose terminal frame went out, waiting for their paced close",
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "delineate_event_loop_lag_max_seconds",
             "Worst lateness of a 10 ms ticker since the previous scrape",

@@ -3,8 +3,9 @@
 ``id:`` is the frame's seq, so a reconnecting EventSource sends ``Last-Event-ID`` and the
 hub replays exactly the frames after it. A ``: keepalive`` comment goes out when nothing
 else has for ``keepalive_s`` (proxies close idle streams), and the stream ends after the
-job's terminal frame. The response watches for the client going away and frees the watch
-at once, rather than at the next write.
+job's terminal frame, on its turn in the replica's ``ClosePacer``
+(``server.realtime.closing``). The response watches for the client going away and frees the
+watch at once, rather than at the next write.
 
 While the stream's writer waits on an empty outbox, an event is written straight to the
 response's transport as a body chunk (``wire.DirectStream``), without a task switch or the
@@ -27,6 +28,7 @@ from server.api.params import job_id_param, services_of
 from server.auth import principal_of
 from server.edge import RAW_SEND_KEY
 from server.errors import BadRequest
+from server.realtime.closing import ClosePacer
 from server.realtime.hub import Hub, Watch
 from server.realtime.outbox import CONTROL_SEQ, Outgoing, outbox_for
 from server.realtime.session import Session
@@ -73,11 +75,12 @@ class EventStream(Response):
         session: Session,
         release: Callable[[], None],
         draining: asyncio.Event,
+        closes: ClosePacer,
         *,
         keepalive_s: float,
         retry_ms: int,
     ) -> None:
-        self._release, self._draining = release, draining
+        self._release, self._draining, self._closes = release, draining, closes
         self._started = False
         super().__init__(headers=SSE_HEADERS, media_type=self.media_type)
         # Response assumed an empty body; a stream has no length.
@@ -135,6 +138,7 @@ class EventStream(Response):
                 self._last_sent = loop.time()
                 self._session.sent(item)
                 if item.terminal:
+                    await self._closes.turn()  # ending the response can wait; frames first
                     return
             # The outbox overflowed: end the stream; EventSource reconnects with Last-Event-ID.
         finally:
@@ -195,6 +199,7 @@ async def stream(request: Request) -> Response:
         session,
         functools.partial(services.connections.release, address),
         services.draining,
+        services.closes,
         keepalive_s=settings.sse_keepalive_s,
         retry_ms=settings.sse_retry_ms,
     )

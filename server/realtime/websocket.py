@@ -1,7 +1,8 @@
 """WebSocket endpoints: the first-choice transport.
 
 ``/v1/download/subscribe/{job_id}`` follows one job: snapshot (or the frames after
-``?since=``), every frame, then close 1000 after the terminal frame.
+``?since=``), every frame, then close 1000 after the terminal frame (the frame at once, the
+close on its turn: ``server.realtime.closing``).
 
 ``/v1/ws`` follows many jobs over one socket. Client ops are JSON text::
 
@@ -44,6 +45,7 @@ from server.frames import (
     op_decoder,
 )
 from server.realtime.admission import origin_allowed
+from server.realtime.closing import ClosePacer
 from server.realtime.hub import Watch
 from server.realtime.outbox import CONTROL_SEQ, Outbox, Outgoing, outbox_for
 from server.realtime.session import Session
@@ -148,32 +150,31 @@ class FrameWriter:
     (``wire.DirectSocket``) when the connection allows, else through the server's own ASGI
     ``send`` (kept by ``EdgeHeaders``), skipping Starlette's per-message wrappers either way:
     this runs once per frame per socket. Accept and close still go through Starlette, which
-    tracks the connection's state."""
+    tracks the connection's state, except the paced close after a terminal frame."""
 
-    __slots__ = ("_asgi_send", "_close_on_terminal", "_session", "_socket")
+    __slots__ = ("_asgi_send", "_closes", "_session", "_socket")
 
-    def __init__(self, ws: WebSocket, session: Session, *, close_on_terminal: bool) -> None:
+    def __init__(self, ws: WebSocket, session: Session, *, closes: ClosePacer | None) -> None:
+        """``closes``: the socket closes after its terminal frame, on its turn there."""
         send = ws.scope.get(RAW_SEND_KEY)
         self._socket = direct_socket(send)
         self._asgi_send: Callable[[Message], Awaitable[None]] = send or ws.send
         self._session = session
-        self._close_on_terminal = close_on_terminal
+        self._closes = closes
 
     def now(self, item: Outgoing) -> bool:
         """``Outbox.direct``: write a message at once, without waking the writer task. A
-        terminal frame goes out here only on a socket that closes after it, together with
-        its close; elsewhere the writer sends it and then unwatches the job."""
+        terminal frame goes out here only on a socket that closes after it, and its close
+        is queued on the pacer; elsewhere the writer sends it and then unwatches the job."""
         socket = self._socket
-        if socket is None:
+        if socket is None or (item.terminal and self._closes is None):
             return False
-        if item.terminal:
-            if not self._close_on_terminal or not socket.write_and_close(
-                item.ws_frame, CLOSE_NORMAL, JOB_FINISHED
-            ):
-                return False
-        elif not socket.write(item.ws_frame):
+        if not socket.write(item.ws_frame):
             return False
         self._session.sent(item)
+        if item.terminal:
+            assert self._closes is not None
+            self._closes.schedule(lambda: socket.close(CLOSE_NORMAL, JOB_FINISHED))
         return True
 
     async def send(self, item: Outgoing) -> None:
@@ -312,15 +313,16 @@ class SocketSession:
 
 class OneJobSession(SocketSession):
     """``/v1/download/subscribe/{job_id}``: one job's frames, then close 1000 after its
-    terminal frame (written with its close frame at once when the connection allows).
+    terminal frame, on the close's turn in the replica's ``ClosePacer``.
     Client messages are read and ignored."""
 
-    __slots__ = ()
+    __slots__ = ("_closes",)
 
     def __init__(
         self, ws: WebSocket, services: Services, outbox: Outbox, session: Session, watch: Watch
     ) -> None:
-        super().__init__(ws, services, outbox, FrameWriter(ws, session, close_on_terminal=True))
+        self._closes = services.closes
+        super().__init__(ws, services, outbox, FrameWriter(ws, session, closes=self._closes))
         self._watches[watch.job_id] = watch
 
     async def _read(self) -> None:
@@ -330,6 +332,7 @@ class OneJobSession(SocketSession):
     async def _send(self, item: Outgoing) -> bool:
         await self._frames.send(item)
         if item.terminal:
+            await self._closes.turn()
             await _close(self._ws, CLOSE_NORMAL, JOB_FINISHED)
             return False
         return True
@@ -342,7 +345,7 @@ class MuxSession(SocketSession):
     __slots__ = ("_idle", "_idle_timeout_s", "_jobs", "_max_watches", "_principal", "_reading")
 
     def __init__(self, ws: WebSocket, services: Services, outbox: Outbox, session: Session) -> None:
-        super().__init__(ws, services, outbox, FrameWriter(ws, session, close_on_terminal=False))
+        super().__init__(ws, services, outbox, FrameWriter(ws, session, closes=None))
         self._jobs = services.jobs
         self._principal = principal_of(ws.scope)
         self._max_watches = services.settings.max_subscriptions_per_socket

@@ -88,20 +88,25 @@ class DirectSocket:
         protocol.transport.write(frame)
         return True
 
-    def write_and_close(self, frame: bytes, code: int, reason: str) -> bool:
-        """Write ``frame`` and the close frame after it in one write, and do for the close
-        what uvicorn does for an ASGI ``websocket.close`` (the app's next ``receive`` is the
-        disconnect; the connection ends when the client answers, or after the close
-        timeout). False: nothing was done; use ASGI.
+    def close(self, code: int, reason: str) -> bool:
+        """Send the close frame and do what uvicorn does for an ASGI ``websocket.close``:
+        the app's next ``receive`` is the disconnect; the connection ends when the client
+        answers, or after the close timeout. False: the connection was closing or closed
+        already (the client went first), and nothing was done.
 
-        At a job's end every subscriber's last frame and close go out together: one write
-        instead of two, and no task woken per socket to send the close."""
+        Used by a paced close (``server.realtime.closing``): no task is woken per socket to
+        send it. A transport paused for a slow reader still takes the close frame's few
+        bytes, as ASGI's close would."""
         protocol = self._protocol
-        if not _writable(protocol):
+        if (
+            protocol.conn.state is not State.OPEN
+            or protocol.close_sent
+            or protocol.transport.is_closing()
+        ):
             return False
         protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         protocol.conn.send_close(code, reason)
-        protocol.transport.write(frame + b"".join(protocol.conn.data_to_send()))
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
         protocol.close_sent = True
         if protocol.read_paused:
             protocol.read_paused = False

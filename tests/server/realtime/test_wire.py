@@ -176,10 +176,10 @@ async def test_the_lean_protocol_drops_the_handshake_and_still_speaks_websocket(
 
 
 @pytest.mark.parametrize("ws", ["websockets-sansio", LeanWebSocketProtocol])
-async def test_a_last_frame_and_its_close_go_out_together_and_end_the_connection(ws: Any) -> None:
-    """``write_and_close``: the client gets the frame, then close 1000 with the reason; the
-    app's next receive is the disconnect; nothing more is written directly afterwards; the
-    connection ends once the client answers the close."""
+async def test_a_direct_close_ends_the_connection_after_the_last_frame(ws: Any) -> None:
+    """``close``: the client gets the last frame, then close 1000 with the reason; the app's
+    next receive is the disconnect; nothing more is written directly, and a second close
+    does nothing; the connection ends once the client answers the close."""
     seen: dict[str, Any] = {}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -189,8 +189,9 @@ async def test_a_last_frame_and_its_close_go_out_together_and_end_the_connection
         await send({"type": "websocket.accept"})
         socket = direct_socket(send)
         assert socket is not None
-        seen["first"] = socket.write_and_close(text_frame(b"last"), 1000, "job finished")
-        seen["again"] = socket.write_and_close(text_frame(b"again"), 1000, "job finished")
+        seen["last"] = socket.write(text_frame(b"last"))
+        seen["close"] = socket.close(1000, "job finished")
+        seen["again"] = socket.close(1000, "job finished")
         seen["later"] = socket.write(text_frame(b"later"))
         seen["next_message"] = await receive()
 
@@ -200,10 +201,41 @@ async def test_a_last_frame_and_its_close_go_out_together_and_end_the_connection
             await asyncio.wait_for(client.wait_closed(), 5)
         assert (client.close_code, client.close_reason) == (1000, "job finished")
     assert seen == {
-        "first": True,
+        "last": True,
+        "close": True,
         "again": False,
         "later": False,
         "next_message": {"type": "websocket.disconnect", "code": 1000, "reason": "job finished"},
+    }
+
+
+@pytest.mark.parametrize("ws", ["websockets-sansio", LeanWebSocketProtocol])
+async def test_a_direct_close_after_the_client_closed_does_nothing(ws: Any) -> None:
+    """A paced close can come after the client closed on its own (the SDK does, on the
+    terminal frame): it finds the connection closing and leaves it to uvicorn."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        socket = direct_socket(send)
+        assert socket is not None
+        seen["message"] = await receive()
+        seen["close"] = socket.close(1000, "job finished")
+
+    async with serving(app, ws=ws) as url:
+        async with connect(url, compression=None) as client:
+            await client.close(1001, "bye")
+        assert client.close_code == 1001
+    for _ in range(100):
+        if "close" in seen:
+            break
+        await asyncio.sleep(0.01)
+    assert seen == {
+        "message": {"type": "websocket.disconnect", "code": 1001, "reason": "bye"},
+        "close": False,
     }
 
 
