@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import json
@@ -53,6 +54,7 @@ class Header(msgspec.Struct):
 
 decode_header = msgspec.json.Decoder(Header).decode
 TERMINAL = {"completed", "failed", "cancelled"}
+SERVER_CLOSE_WAIT_S = 10.0
 
 
 class Watcher:
@@ -109,10 +111,18 @@ async def follow(
     connect: Callable[[Callable[[Any, bytes], None]], Awaitable[Any]],
     watcher: Watcher,
     make_handler: Callable[[asyncio.Future[None]], Handler] | None = None,
+    *,
+    server_closes: bool = False,
 ) -> None:
     """One subscriber: ``connect(on_message)`` opens a WebSocket or SSE connection whose
     messages go to ``watcher`` until its terminal frame. The default handler takes every
-    message as a frame; ``make_handler`` speaks a protocol."""
+    message as a frame; ``make_handler`` speaks a protocol.
+
+    ``server_closes``: the server ends the connection after the terminal frame (Delineate's
+    single-job socket closes 1000, its event stream ends), and the client lets it, as RFC
+    6455 (7.1.1) asks of a WebSocket client and as a browser page does: it waits up to
+    SERVER_CLOSE_WAIT_S for that, then closes. The reference servers never close a
+    channel's socket, so their clients close on the terminal frame."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_frame(conn: Any, raw: bytes) -> None:
@@ -127,6 +137,9 @@ async def follow(
         if not done.done():
             code = getattr(conn, "close_code", None)  # SSE has none
             watcher.error = f"closed {code or ''} before the terminal frame"
+        elif server_closes:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(conn.closed), SERVER_CLOSE_WAIT_S)
         conn.close()
     except Exception as exc:
         watcher.error = repr(exc)
@@ -134,13 +147,13 @@ async def follow(
 
 async def ws_subscriber(url: str, watcher: Watcher) -> None:
     url = f"{url}/v1/download/subscribe/{watcher.job_id}?since=0"
-    await follow(lambda on_message: open_ws(url, on_message), watcher)
+    await follow(lambda on_message: open_ws(url, on_message), watcher, server_closes=True)
 
 
 async def sse_subscriber(url: str, watcher: Watcher) -> None:
     url = f"{url}/v1/download/stream/{watcher.job_id}"
     headers = {"Last-Event-ID": "0"}
-    await follow(lambda on_event: open_sse(url, on_event, headers), watcher)
+    await follow(lambda on_event: open_sse(url, on_event, headers), watcher, server_closes=True)
 
 
 async def broadcaster_subscriber(url: str, watcher: Watcher) -> None:
