@@ -40,6 +40,8 @@ KEEPALIVE = b": keepalive\n\n"
 KEEPALIVE_SLACK_S = 0.005  # a timer may fire a hair early
 KEEPALIVE_DUE = Outgoing("", CONTROL_SEQ, "keepalive", "")
 """Queued by the stream's timer when nothing went out for the keepalive interval."""
+STREAM_DONE = Outgoing("", CONTROL_SEQ, "done", "")
+"""Queued on its close's turn once the terminal event went out directly: end the response."""
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",  # tells nginx not to buffer this response
@@ -134,6 +136,8 @@ class EventStream(Response):
                 if item is KEEPALIVE_DUE:
                     await _body(send, KEEPALIVE)
                     continue
+                if item is STREAM_DONE:
+                    return
                 await _body(send, item.sse_event)
                 self._last_sent = loop.time()
                 self._session.sent(item)
@@ -146,14 +150,17 @@ class EventStream(Response):
                 self._keepalive.cancel()
 
     def _write_now(self, item: Outgoing) -> bool:
-        """``Outbox.direct``: write an event at once. The terminal frame goes through the
-        writer, which ends the response after it."""
-        if item.terminal or item is KEEPALIVE_DUE or self._direct is None:
+        """``Outbox.direct``: write an event at once. After the terminal event, the end of
+        the response is queued for its turn in the close pacer."""
+        if item is KEEPALIVE_DUE or item is STREAM_DONE or self._direct is None:
             return False
         if not self._direct.write(item.sse_chunk):
             return False
         self._last_sent = asyncio.get_running_loop().time()
         self._session.sent(item)
+        if item.terminal:
+            outbox = self._watch.outbox
+            self._closes.schedule(lambda: outbox.put(STREAM_DONE))
         return True
 
     def _arm_keepalive(self) -> None:
