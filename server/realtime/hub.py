@@ -41,6 +41,12 @@ class Watch:
         for ready in self.sequencer.offer(seq, item):
             self.outbox.put(ready)
 
+    def offer_many(self, items: list[Outgoing]) -> None:
+        """Frames published together: those not seen yet go out together."""
+        self.outbox.put_many(
+            [ready for item in items for ready in self.sequencer.offer(item.seq, item)]
+        )
+
     def caught_up(self, replay: list[tuple[int, Outgoing]]) -> None:
         for ready in self.sequencer.caught_up(replay):
             self.outbox.put(ready)
@@ -62,13 +68,20 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def deliver(self, job_id: str, payload: bytes) -> None:
-        """Broker callback: one frame for every local watcher of ``job_id``."""
+        """Broker callback: a frame for every local watcher of ``job_id``, or frames the job
+        published together (one per line: ``Journal.append_many``), which go to each
+        watcher together."""
         channel = self._channels.get(job_id)
         if channel is None:
             return
-        item = _outgoing(job_id, payload)
+        if b"\n" not in payload:
+            item = _outgoing(job_id, payload)
+            for watch in channel.watches:
+                watch.offer(item.seq, item)
+            return
+        items = [_outgoing(job_id, frame) for frame in payload.split(b"\n")]
         for watch in channel.watches:
-            watch.offer(item.seq, item)
+            watch.offer_many(items)
 
     async def watch(
         self, job_id: str, since: int | None, outbox: Outbox, preamble: Outgoing | None = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from server.realtime.wire import body_chunk, format_sse_event, text_frame
 from server.settings import Settings
@@ -122,8 +122,9 @@ class Outbox:
         self.full_since: float | None = None
         self.on_overflow: Callable[[], object] | None = None
         # Delivery without the writer task: tried only while no writer is busy and nothing
-        # is queued (so order is kept); False from it means "queue it as usual".
-        self.direct: Callable[[Outgoing], bool] | None = None
+        # is queued (so order is kept); False from it means "queue it as usual". It takes
+        # the messages that go out together (``put_many``), usually one.
+        self.direct: Callable[[Sequence[Outgoing]], bool] | None = None
         # Set while the connection has no writer task running: a message that has to be
         # queued starts one (a WebSocket's writer ends again once the queue is sent). Most
         # sockets never need one (their frames go out directly).
@@ -133,14 +134,28 @@ class Outbox:
         return len(self._items)
 
     def put(self, item: Outgoing) -> None:
-        if self.overflowed:
+        if self.overflowed or self._sent_directly((item,)):
             return
-        if (
+        self._queue(item)
+
+    def put_many(self, items: Sequence[Outgoing]) -> None:
+        """Messages that go out together (frames a job published at once): directly in one
+        write when they can, else queued one by one."""
+        if self.overflowed or not items or self._sent_directly(items):
+            return
+        for item in items:
+            self._queue(item)
+
+    def _sent_directly(self, items: Sequence[Outgoing]) -> bool:
+        return (
             not self._items
             and (self._waiter is not None or self.start_writer is not None)
             and self.direct is not None
-            and self.direct(item)
-        ):
+            and self.direct(items)
+        )
+
+    def _queue(self, item: Outgoing) -> None:
+        if self.overflowed:
             return
         if len(self._items) >= self.limit and not self._queue_when_full(item):
             return

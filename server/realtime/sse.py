@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -149,16 +149,20 @@ class EventStream(Response):
             if self._keepalive is not None:
                 self._keepalive.cancel()
 
-    def _write_now(self, item: Outgoing) -> bool:
-        """``Outbox.direct``: write an event at once. After the terminal event, the end of
-        the response is queued for its turn in the close pacer."""
-        if item is KEEPALIVE_DUE or item is STREAM_DONE or self._direct is None:
+    def _write_now(self, items: Sequence[Outgoing]) -> bool:
+        """``Outbox.direct``: write events at once (frames published together, in one
+        write). After the terminal event, the end of the response is queued for its turn
+        in the close pacer."""
+        if self._direct is None or any(i is KEEPALIVE_DUE or i is STREAM_DONE for i in items):
             return False
-        if not self._direct.write(item.sse_chunk):
+        last = items[-1]
+        data = last.sse_chunk if len(items) == 1 else b"".join(i.sse_chunk for i in items)
+        if not self._direct.write(data):
             return False
         self._last_sent = asyncio.get_running_loop().time()
-        self._session.sent(item)
-        if item.terminal:
+        for item in items:
+            self._session.sent(item)
+        if last.terminal:
             outbox = self._watch.outbox
             self._closes.schedule(lambda: outbox.put(STREAM_DONE))
         return True

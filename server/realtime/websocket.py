@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
 import msgspec
 from starlette.types import Message, Receive, Scope, Send
@@ -162,17 +162,21 @@ class FrameWriter:
         self._session = session
         self._closes = closes
 
-    def now(self, item: Outgoing) -> bool:
-        """``Outbox.direct``: write a message at once, without waking the writer task. A
-        terminal frame goes out here only on a socket that closes after it, and its close
-        is queued on the pacer; elsewhere the writer sends it and then unwatches the job."""
+    def now(self, items: Sequence[Outgoing]) -> bool:
+        """``Outbox.direct``: write messages at once (frames published together, in one
+        write), without waking the writer task. A terminal frame goes out here only on a
+        socket that closes after it, and its close is queued on the pacer; elsewhere the
+        writer sends it and then unwatches the job."""
         socket = self._socket
-        if socket is None or (item.terminal and self._closes is None):
+        last = items[-1]  # a terminal frame is always a job's last
+        if socket is None or (last.terminal and self._closes is None):
             return False
-        if not socket.write(item.ws_frame):
+        data = last.ws_frame if len(items) == 1 else b"".join(item.ws_frame for item in items)
+        if not socket.write(data):
             return False
-        self._session.sent(item)
-        if item.terminal:
+        for item in items:
+            self._session.sent(item)
+        if last.terminal:
             assert self._closes is not None
             self._closes.schedule(lambda: socket.close(CLOSE_NORMAL, JOB_FINISHED))
         return True

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
 from server.broker.base import Broker
 from server.frames import JobSnapshot, JobStatus, ProgressFrame, encoder
 from server.realtime.hub import Hub
-from server.realtime.outbox import Outbox
+from server.realtime.outbox import Outbox, Outgoing
 from tests.support.brokers import broker_of
 
 JOB = "7f7c2c52-0f5e-4a43-9d8e-3b0c6f1b9a10"
@@ -140,3 +140,38 @@ async def test_watchers_joining_while_frames_flow_get_each_frame_once(
     await asyncio.gather(stream(), *(join_later(box) for box in outboxes))
     for box in outboxes:
         assert await received(box, 150) == list(range(1, 151))
+
+
+async def test_frames_published_together_reach_a_watcher_in_one_direct_write(
+    hub_job: tuple[Hub, Job],
+) -> None:
+    """A message of several frames (``Journal.append_many``, one per line) is offered to each
+    watcher's outbox together; a watcher that has seen one of them gets only the rest."""
+    hub, job = hub_job
+
+    def frame(seq: int) -> bytes:
+        progress = ProgressFrame(
+            job_id=JOB, seq=seq, progress=0.0, bytes_done=0, bytes_total=0,
+            files_done=0, files_total=1,
+        )  # fmt: skip
+        return encoder.encode(progress)
+
+    writes: dict[str, list[list[int]]] = {"fresh": [], "resumed": []}
+
+    def recorder(name: str) -> Callable[[Sequence[Outgoing]], bool]:
+        def deliver_now(items: Sequence[Outgoing]) -> bool:
+            writes[name].append([i.seq for i in items])
+            return True
+
+        return deliver_now
+
+    for name, since, job_seq in (("fresh", None, 0), ("resumed", 1, 1)):
+        outbox = Outbox(limit=10)
+        outbox.direct = recorder(name)
+        outbox.start_writer = lambda: None
+        job.seq = job_seq  # what the snapshot says
+        await hub.watch(JOB, since, outbox)
+    hub.deliver(JOB, frame(1) + b"\n" + frame(2))
+    hub.deliver(JOB, frame(3))
+    # fresh: its snapshot (seq 0), then both frames in one write; resumed at 1: frame 2 only
+    assert writes == {"fresh": [[0], [1, 2], [3]], "resumed": [[2], [3]]}

@@ -1,6 +1,7 @@
 """The per-connection outbox: progress coalesces, other frames are never dropped."""
 
 import asyncio
+from collections.abc import Sequence
 
 from server.realtime.outbox import Outbox, Outgoing
 
@@ -117,9 +118,9 @@ async def test_direct_delivery_only_while_the_writer_waits_on_an_empty_outbox() 
     direct: list[int] = []
     accept = True
 
-    def deliver_now(message: Outgoing) -> bool:
+    def deliver_now(messages: Sequence[Outgoing]) -> bool:
         if accept:
-            direct.append(message.seq)
+            direct.extend(m.seq for m in messages)
         return accept
 
     box.direct = deliver_now
@@ -152,10 +153,10 @@ def test_a_connection_without_a_writer_writes_directly_until_a_message_must_wait
     direct: list[int] = []
     started: list[bool] = []
 
-    def deliver_now(message: Outgoing) -> bool:
-        if message.type == "completed":
+    def deliver_now(messages: Sequence[Outgoing]) -> bool:
+        if any(m.type == "completed" for m in messages):
             return False
-        direct.append(message.seq)
+        direct.extend(m.seq for m in messages)
         return True
 
     box.direct = deliver_now
@@ -172,3 +173,30 @@ def test_a_connection_without_a_writer_writes_directly_until_a_message_must_wait
     assert started == [True]
     assert direct == [1, 2]
     assert drain(box) == [("a", 3), ("a", 4), ("a", 5)]
+
+
+def test_messages_put_together_go_out_in_one_direct_call_or_queue_in_order() -> None:
+    """``put_many`` (frames a job published at once): one direct call with all of them while
+    the connection is idle; refused, they are queued in order and one writer starts."""
+    box = Outbox(limit=10)
+    calls: list[list[int]] = []
+    accept = True
+    started: list[bool] = []
+
+    def deliver_now(messages: Sequence[Outgoing]) -> bool:
+        if accept:
+            calls.append([m.seq for m in messages])
+        return accept
+
+    box.direct = deliver_now
+    box.start_writer = lambda: started.append(True)
+    box.put_many([item(1, "file"), item(2, "completed")])
+    assert calls == [[1, 2]]
+    assert len(box) == 0
+    accept = False
+    box.put_many([item(3, "file"), item(4, "completed")])
+    assert calls == [[1, 2]]
+    assert started == [True]
+    assert [box.pop().seq, box.pop().seq] == [3, 4]  # type: ignore[union-attr]
+    box.put_many([])  # nothing to send: nothing happens
+    assert (len(box), calls) == (0, [[1, 2]])
