@@ -22,7 +22,7 @@ from server.frames import (
 from server.jobs.state import JobRecord
 from server.journal.base import BuildFrame, Journal, Superseded
 
-__all__ = ["FrameEmitter", "Superseded", "Throttle", "progress_frame"]
+__all__ = ["FrameEmitter", "Superseded", "Throttle", "file_frame", "progress_frame"]
 
 BACKEND_WAIT_S = 60.0
 
@@ -64,14 +64,20 @@ class FrameEmitter:
 
     async def emit(self, build: BuildFrame, *, expect: JobStatus | None = None) -> AnyFrame:
         """Publish one frame. With ``expect``, only if the stored status still is that
-        (else ``Superseded``: someone else moved the job first).
+        (else ``Superseded``: someone else moved the job first)."""
+        return (await self.emit_many([build], expect=expect))[0]
+
+    async def emit_many(
+        self, builds: list[BuildFrame], *, expect: JobStatus | None = None
+    ) -> list[AnyFrame]:
+        """Publish frames made at one moment together (``Journal.append_many``).
 
         While the shared backend is unreachable the job waits here, retrying with backoff,
         for up to ``BACKEND_WAIT_S``: a Redis restart pauses jobs instead of failing them."""
         deadline = time.monotonic() + BACKEND_WAIT_S
         for attempt in itertools.count():
             try:
-                return await self._journal.append(self.record, build, expect=expect)
+                return await self._journal.append_many(self.record, builds, expect=expect)
             except BackendUnavailable:
                 if time.monotonic() > deadline:
                     raise
@@ -86,7 +92,7 @@ class FrameEmitter:
         )
 
     async def file(self, f: FileProgress) -> None:
-        await self.emit(lambda j, s: FileFrame(job_id=j, seq=s, file=f))
+        await self.emit(file_frame(f))
 
     async def progress(self) -> None:
         """A progress frame, unless one went out less than the interval ago."""
@@ -98,6 +104,10 @@ class FrameEmitter:
         if self._throttle.pending:
             self._throttle.pending = False
             await self.emit(progress_frame(self.record.job))
+
+
+def file_frame(f: FileProgress) -> BuildFrame:
+    return lambda job_id, seq: FileFrame(job_id=job_id, seq=seq, file=f)
 
 
 def progress_frame(job: JobSnapshot) -> BuildFrame:

@@ -28,7 +28,7 @@ from server.frames import (
     JobStatus,
 )
 from server.jobs import state
-from server.jobs.emitter import FrameEmitter, Superseded
+from server.jobs.emitter import FrameEmitter, Superseded, file_frame
 from server.jobs.state import JobRecord
 from server.journal.base import Journal
 from server.observability import logs, sentry, tracing
@@ -217,7 +217,7 @@ class JobRunner:
             await writer.abort()
             raise
         emitter.record.result_key = key
-        await self._complete(emitter, key, size)
+        await self._complete(emitter, key, size, last_file=available[-1])
 
     async def _check_files(self, emitter: FrameEmitter) -> list[FileProgress]:
         job = emitter.record.job
@@ -262,29 +262,39 @@ class JobRunner:
                         await asyncio.sleep(pacer.delay_after(len(chunk)))
                 await writer.write(bundle.drain())
                 state.mark_done(job, f)
-                await emitter.file(f)
+                if f is not files[-1]:  # the last one's frame goes with the terminal frame
+                    await emitter.file(f)
             await writer.write(bundle.close())
         await emitter.flush_progress()
         with tracing.tracer().start_as_current_span("storage.complete"):
             return await writer.complete()
 
-    async def _complete(self, emitter: FrameEmitter, key: str, size: int) -> None:
+    async def _complete(
+        self, emitter: FrameEmitter, key: str, size: int, *, last_file: FileProgress
+    ) -> None:
+        """The last file's frame and the completed frame, published together: a replica
+        writes them to each socket at once. At a job's end every follower gets both; as
+        two messages they were two deliveries, two writes per socket and two wake-ups per
+        client, within a few milliseconds (the bundle's completion between them)."""
         job = emitter.record.job
         link = await self._storage.presign(key, self._config.url_ttl_s)
         state.transition(job, JobStatus.COMPLETED)
         job.size = size
         included = [f.file_id for f in job.files if f.available]
         missing = [f.file_id for f in job.files if not f.available]
-        await emitter.emit(
-            lambda j, s: CompletedFrame(
-                job_id=j,
-                seq=s,
-                download_url=link.url,
-                expires_at=iso(link.expires_at),
-                size=size,
-                files_included=len(included),
-                files_unavailable=missing,
-            )
+        await emitter.emit_many(
+            [
+                file_frame(last_file),
+                lambda j, s: CompletedFrame(
+                    job_id=j,
+                    seq=s,
+                    download_url=link.url,
+                    expires_at=iso(link.expires_at),
+                    size=size,
+                    files_included=len(included),
+                    files_unavailable=missing,
+                ),
+            ]
         )
 
     async def _fail(self, emitter: FrameEmitter, error: JobError) -> None:

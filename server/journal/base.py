@@ -41,6 +41,22 @@ class Journal:
         """Write the frame ``build`` makes at the job's next seq, with ``record`` saved at
         that seq (``record.job.seq`` is set). With ``expect``, only if the stored status
         still is that, else ``Superseded``."""
+        return (await self.append_many(record, [build], expect=expect))[0]
+
+    async def append_many(
+        self, record: JobRecord, builds: list[BuildFrame], *, expect: JobStatus | None = None
+    ) -> list[AnyFrame]:
+        """Frames a job makes at one moment, at its next seqs in order (``expect`` is
+        checked for the first). Here one after another; a backend that can writes them in
+        one step and publishes them as one message, which a replica delivers together."""
+        frames = []
+        for i, build in enumerate(builds):
+            frames.append(await self._append_one(record, build, expect if i == 0 else None))
+        return frames
+
+    async def _append_one(
+        self, record: JobRecord, build: BuildFrame, expect: JobStatus | None
+    ) -> AnyFrame:
         job = record.job
         seq = await self.broker.next_seq(job.job_id)
         job.seq = seq

@@ -1,4 +1,4 @@
-"""Redis journal: a running job's frame in one script, one round trip.
+"""Redis journal: a running job's frames in one script, one round trip.
 
 The base journal takes three calls per frame (INCR the seq, SET the record, a pipeline for
 history and PUBLISH). Through redis-py each call costs the replica 100-200 us of CPU, and a
@@ -38,19 +38,29 @@ from server.redis_pipe import PipeScript, RedisPipe
 log = logging.getLogger("delineate.journal")
 
 # KEYS: seq counter, record, history stream, channel[, the owner's active jobs].
-# ARGV: seq, record, frame, retention s, history max frames[, job id (to leave the 5th key)].
+# ARGV: first seq, record, retention s, history max frames, job id (to leave the 5th key),
+# then the frames (consecutive seqs from the first).
 # Returns "ok", "refused" (written, but the history already had a later frame), or the
-# counter's value when it is not seq - 1 (nothing written).
+# counter's value when it is not first seq - 1 (nothing written). The frames go out as one
+# message, one per line (a frame's JSON never holds a raw newline): a replica delivers them
+# together, one write per socket.
 APPEND = """
+local first = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-if last + 1 ~= tonumber(ARGV[1]) then return last end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
-local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', ARGV[5], ARGV[1] .. '-0', 'f', ARGV[3])
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-redis.call('PUBLISH', KEYS[4], ARGV[3])
-if KEYS[5] then redis.call('ZREM', KEYS[5], ARGV[6]) end
-if type(added) == 'table' and added.err then return 'refused' end
+if last + 1 ~= first then return last end
+local count = #ARGV - 5
+redis.call('SET', KEYS[1], first + count - 1, 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+local refused = false
+for i = 1, count do
+  local id = (first + i - 1) .. '-0'
+  local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', ARGV[4], id, 'f', ARGV[5 + i])
+  if type(added) == 'table' and added.err then refused = true end
+end
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('PUBLISH', KEYS[4], table.concat(ARGV, '\\n', 6))
+if KEYS[5] then redis.call('ZREM', KEYS[5], ARGV[5]) end
+if refused then return 'refused' end
 return 'ok'
 """
 
@@ -77,24 +87,26 @@ class RedisJournal(Journal):
         self.scripted = 0
         """Frames written by the script (for tests)."""
 
-    async def append(
-        self, record: JobRecord, build: BuildFrame, *, expect: JobStatus | None = None
-    ) -> AnyFrame:
+    async def append_many(
+        self, record: JobRecord, builds: list[BuildFrame], *, expect: JobStatus | None = None
+    ) -> list[AnyFrame]:
         job = record.job
         if expect is None:
-            seq = job.seq + 1
-            frame = build(job.job_id, seq)
-            frame.trace_id = job.trace_id
-            previous, job.seq = job.seq, seq
-            if await self._append_once(record, seq, encoder.encode(frame)):
-                self.scripted += 1
-                return frame
+            first = job.seq + 1
+            frames = [build(job.job_id, first + i) for i, build in enumerate(builds)]
+            for frame in frames:
+                frame.trace_id = job.trace_id
+            previous, job.seq = job.seq, first + len(frames) - 1
+            payloads = [encoder.encode(frame) for frame in frames]
+            if await self._append_once(record, first, payloads):
+                self.scripted += len(frames)
+                return frames
             job.seq = previous
             self.fallbacks += 1
-        return await super().append(record, build, expect=expect)
+        return await super().append_many(record, builds, expect=expect)
 
     @unavailable_on_disconnect
-    async def _append_once(self, record: JobRecord, seq: int, payload: bytes) -> bool:
+    async def _append_once(self, record: JobRecord, first: int, payloads: list[bytes]) -> bool:
         job_id = record.job.job_id
         script_keys = [
             keys.job_seq(job_id),
@@ -102,15 +114,14 @@ class RedisJournal(Journal):
             keys.job_history(job_id),
             keys.job_channel(job_id),
         ]
-        args: list[str | int | bytes] = [
-            seq, encode_record(record), payload, self._retention_s, self._history_max,
-        ]  # fmt: skip
         if record.job.status.is_terminal and record.quota is not None:
             script_keys.append(keys.active_jobs(record.quota))
-            args.append(job_id)
+        args: list[str | int | bytes] = [
+            first, encode_record(record), self._retention_s, self._history_max, job_id, *payloads,
+        ]  # fmt: skip
         reply = await self._pipe.evalsha(self._append, script_keys, args)
         if reply == b"refused":
-            log.warning("frame %s of job %s refused by history: a later one is there", seq, job_id)
+            log.warning("frames from %s of job %s refused by history", first, job_id)
         return reply in (b"ok", b"refused")
 
     async def aclose(self) -> None:

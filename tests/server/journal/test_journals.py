@@ -155,3 +155,60 @@ async def test_a_terminal_frame_gives_the_active_job_slot_back(
     assert (stored.job.status, stored.job.seq) == (JobStatus.COMPLETED, 2)
     if isinstance(j, RedisJournal):
         assert j.scripted == 1  # the terminal frame and the slot's release: one script
+
+
+async def test_frames_made_together_get_consecutive_seqs_and_go_out_as_one_message(
+    journal: tuple[Journal, Recorder],
+) -> None:
+    """``append_many``: the record is saved at the last seq, each frame is in the history;
+    through Redis one script writes them and one message carries them (a line each), which
+    a replica delivers together."""
+    j, recorder = journal
+    record = await running_job(j, quota="owner-2")
+    job_id = record.job.job_id
+    assert await j.store.claim_slot("owner-2", job_id, limit=1)
+    state.transition(record.job, JobStatus.COMPLETED)
+    frames = await j.append_many(
+        record,
+        [
+            progress_frame(record),
+            lambda jid, s: CompletedFrame(
+                job_id=jid, seq=s, download_url="u", expires_at="t", size=1, files_included=1
+            ),
+        ],
+    )
+    assert [f.seq for f in frames] == [2, 3]
+    assert record.job.seq == 3
+    history = await j.broker.history(job_id, 0)
+    assert [seq for seq, _ in history.frames] == [1, 2, 3]
+    assert [json.loads(p)["type"] for _, p in history.frames] == ["status", "progress", "completed"]
+    stored = await j.store.get(job_id)
+    assert stored is not None
+    assert (stored.job.status, stored.job.seq) == (JobStatus.COMPLETED, 3)
+    assert await j.store.claim_slot("owner-2", "another", limit=1)  # the slot came back
+
+    def published() -> list[list[int]]:
+        messages = [p for jid, p in recorder.frames if jid == job_id]
+        return [[json.loads(line)["seq"] for line in m.split(b"\n")] for m in messages]
+
+    await recorder.wait(lambda: sum(map(len, published())) == 3)
+    if isinstance(j, RedisJournal):
+        assert published() == [[1], [2, 3]]
+        assert (j.scripted, j.fallbacks) == (2, 0)
+    else:
+        assert published() == [[1], [2], [3]]
+
+
+async def test_frames_made_together_after_another_writer_still_get_their_own_seqs(
+    journal: tuple[Journal, Recorder],
+) -> None:
+    j, _ = journal
+    record = await running_job(j)
+    other = copy.deepcopy(record)
+    await j.append(other, progress_frame(other))  # seq 2, unknown to ``record``
+    frames = await j.append_many(record, [progress_frame(record), progress_frame(record)])
+    assert [f.seq for f in frames] == [3, 4]
+    history = await j.broker.history(record.job.job_id, 0)
+    assert [seq for seq, _ in history.frames] == [1, 2, 3, 4]
+    if isinstance(j, RedisJournal):
+        assert j.fallbacks == 1  # the script found the counter moved; the base path wrote both
