@@ -8,13 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 from websockets.asyncio.client import connect
 
-from server.app import build
-from server.realtime.wire import LeanWebSocketProtocol
 from server.settings import Settings
-from tests.server.realtime.test_wire import serving
+from tests.support.inprocess import running_app
 
 
 async def test_the_last_files_frame_and_the_completed_frame_come_together_at_the_end(
@@ -25,14 +22,10 @@ async def test_the_last_files_frame_and_the_completed_frame_come_together_at_the
     settings = Settings(
         data_dir=str(tmp_path), download_delay_min_ms=600, download_delay_max_ms=600
     )
-    app, _ = build(settings)
     frames: list[dict[str, Any]] = []
-    async with serving(app, ws=LeanWebSocketProtocol, lifespan="on") as ws_url:
-        base = ws_url.replace("ws://", "http://").rstrip("/")
-        async with httpx.AsyncClient(base_url=base) as http:
-            reply = await http.post("/v1/download/initiate", json={"file_ids": [70000, 70007]})
-            job_id = reply.json()["jobId"]
-        async with connect(f"{ws_url}v1/download/subscribe/{job_id}") as socket:
+    async with running_app(settings) as served:
+        job_id = await served.initiate([70000, 70007])
+        async with connect(f"{served.ws_url}v1/download/subscribe/{job_id}") as socket:
             async with asyncio.timeout(20):
                 async for message in socket:
                     frames.append(json.loads(message))

@@ -12,10 +12,8 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
-from server.app import build
-from server.realtime.wire import LeanWebSocketProtocol
 from server.settings import Settings
-from tests.server.realtime.test_wire import serving
+from tests.support.inprocess import running_app
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -46,29 +44,27 @@ async def test_terminal_frames_go_out_together_and_the_closes_follow_one_by_one(
         download_delay_max_ms=1_000,
         close_rate=1,
     )
-    app, services = build(settings)
-    async with serving(app, ws=LeanWebSocketProtocol, lifespan="on") as ws_url:
-        base = ws_url.replace("ws://", "http://").rstrip("/")
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            reply = await http.post("/v1/download/initiate", json={"file_ids": [70000]})
-            job_id = reply.json()["jobId"]
-            sockets = [await connect(f"{ws_url}v1/download/subscribe/{job_id}") for _ in range(3)]
-            sse_events: list[str] = []
-            sse = asyncio.ensure_future(sse_until_end(http, job_id, sse_events))
-            try:
-                assert await asyncio.gather(*map(until_terminal, sockets)) == ["completed"] * 3
-                # Every terminal frame is in; the closes come one a second, so at most the
-                # first has come (the old way, each socket's close came with its frame).
-                closing = [s for s in sockets if s.state is not State.OPEN]
-                assert len(closing) <= 1
-                for socket in sockets:
-                    await asyncio.wait_for(socket.wait_closed(), 20)
-                    assert (socket.close_code, socket.close_reason) == (1000, "job finished")
-                await asyncio.wait_for(sse, 20)
-            finally:
-                sse.cancel()
-                for socket in sockets:
-                    await socket.close()
+    async with running_app(settings) as served:
+        job_id = await served.initiate([70000])
+        url = f"{served.ws_url}v1/download/subscribe/{job_id}"
+        sockets = [await connect(url) for _ in range(3)]
+        sse_events: list[str] = []
+        sse = asyncio.ensure_future(sse_until_end(served.http, job_id, sse_events))
+        try:
+            assert await asyncio.gather(*map(until_terminal, sockets)) == ["completed"] * 3
+            # Every terminal frame is in; the closes come one a second, so at most the
+            # first has come (the old way, each socket's close came with its frame).
+            closing = [s for s in sockets if s.state is not State.OPEN]
+            assert len(closing) <= 1
+            for socket in sockets:
+                await asyncio.wait_for(socket.wait_closed(), 20)
+                assert (socket.close_code, socket.close_reason) == (1000, "job finished")
+            await asyncio.wait_for(sse, 20)
+        finally:
+            sse.cancel()
+            for socket in sockets:
+                await socket.close()
     assert sse_events[-2:] == ["completed", "<end>"]
-    assert services.closes.paced >= 2  # three sockets and a stream closed, one a second
-    assert len(services.closes) == 0
+    closes = served.services.closes
+    assert closes.paced >= 2  # three sockets and a stream closed, one a second
+    assert len(closes) == 0

@@ -7,13 +7,10 @@ import asyncio
 import json
 from pathlib import Path
 
-import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from server.app import build
-from server.realtime.wire import LeanWebSocketProtocol
 from server.settings import Settings
-from tests.server.realtime.test_wire import serving
+from tests.support.inprocess import running_app
 
 
 def writers() -> int:
@@ -40,12 +37,9 @@ async def test_writers_end_once_the_queue_is_sent_and_start_again_when_needed(
         download_delay_max_ms=60_000,
         progress_interval_ms=200,
     )
-    app, _ = build(settings)
-    async with serving(app, ws=LeanWebSocketProtocol, lifespan="on") as ws_url:
-        base = ws_url.replace("ws://", "http://").rstrip("/")
-        async with httpx.AsyncClient(base_url=base) as http:
-            reply = await http.post("/v1/download/initiate", json={"file_ids": [70000, 70007]})
-            job_id = reply.json()["jobId"]
+    async with running_app(settings) as served:
+        ws_url = served.ws_url
+        job_id = await served.initiate([70000, 70007])
         # Each resumes from seq 0: its replay is queued before its session runs, so each
         # starts a writer.
         sockets = [

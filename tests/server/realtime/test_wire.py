@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
@@ -23,7 +22,7 @@ from server.realtime.wire import (
     direct_stream,
     text_frame,
 )
-from tests.support.processes import free_port
+from tests.support.inprocess import serving
 
 
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -59,31 +58,6 @@ async def uvicorn_ws(
 
     async with serving(app, deflate=deflate, ws=ws) as url:
         yield url
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    app: Any,
-    *,
-    deflate: bool = False,
-    ws: Any = "websockets-sansio",
-    http: str = "httptools",
-    lifespan: str = "off",
-) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, ws=ws, http=http, lifespan=lifespan,
-        ws_per_message_deflate=deflate, log_level="warning", ws_ping_interval=0.05,
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110  (uvicorn offers no event for it)
-            await asyncio.sleep(0.01)
-        yield f"ws://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 async def test_direct_writes_reach_the_client_in_order_and_stop_after_close() -> None:
@@ -175,6 +149,15 @@ async def test_the_lean_protocol_drops_the_handshake_and_still_speaks_websocket(
     }
 
 
+async def accepted(receive: Any, send: Any) -> DirectSocket:
+    """Accept the connection; its direct socket."""
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    socket = direct_socket(send)
+    assert socket is not None
+    return socket
+
+
 @pytest.mark.parametrize("ws", ["websockets-sansio", LeanWebSocketProtocol])
 async def test_a_direct_close_ends_the_connection_after_the_last_frame(ws: Any) -> None:
     """``close``: the client gets the last frame, then close 1000 with the reason; the app's
@@ -185,10 +168,7 @@ async def test_a_direct_close_ends_the_connection_after_the_last_frame(ws: Any) 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
             return
-        await receive()
-        await send({"type": "websocket.accept"})
-        socket = direct_socket(send)
-        assert socket is not None
+        socket = await accepted(receive, send)
         seen["last"] = socket.write(text_frame(b"last"))
         seen["close"] = socket.close(1000, "job finished")
         seen["again"] = socket.close(1000, "job finished")
@@ -218,10 +198,7 @@ async def test_a_direct_close_after_the_client_closed_does_nothing(ws: Any) -> N
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
             return
-        await receive()
-        await send({"type": "websocket.accept"})
-        socket = direct_socket(send)
-        assert socket is not None
+        socket = await accepted(receive, send)
         seen["message"] = await receive()
         seen["close"] = socket.close(1000, "job finished")
 
