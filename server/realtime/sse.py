@@ -153,9 +153,10 @@ class EventStream(Response):
         """``Outbox.direct``: write events at once (frames published together, in one
         write). After the terminal event, the end of the response is queued for its turn
         in the close pacer."""
-        if self._direct is None or any(i is KEEPALIVE_DUE or i is STREAM_DONE for i in items):
-            return False
         last = items[-1]
+        # The two sentinels are always put alone.
+        if self._direct is None or last is KEEPALIVE_DUE or last is STREAM_DONE:
+            return False
         data = last.sse_chunk if len(items) == 1 else b"".join(i.sse_chunk for i in items)
         if not self._direct.write(data):
             return False

@@ -181,6 +181,11 @@ class FrameWriter:
             self._closes.schedule(lambda: socket.close(CLOSE_NORMAL, JOB_FINISHED))
         return True
 
+    async def close_turn(self) -> None:
+        """Wait for this socket's turn to close after its terminal frame."""
+        assert self._closes is not None, "a socket that stays open after terminal frames"
+        await self._closes.turn()
+
     async def send(self, item: Outgoing) -> None:
         if self._socket is None or not self._socket.write(item.ws_frame):
             await self._asgi_send({"type": "websocket.send", "text": item.text})
@@ -320,13 +325,13 @@ class OneJobSession(SocketSession):
     terminal frame, on the close's turn in the replica's ``ClosePacer``.
     Client messages are read and ignored."""
 
-    __slots__ = ("_closes",)
+    __slots__ = ()
 
     def __init__(
         self, ws: WebSocket, services: Services, outbox: Outbox, session: Session, watch: Watch
     ) -> None:
-        self._closes = services.closes
-        super().__init__(ws, services, outbox, FrameWriter(ws, session, closes=self._closes))
+        frames = FrameWriter(ws, session, closes=services.closes)
+        super().__init__(ws, services, outbox, frames)
         self._watches[watch.job_id] = watch
 
     async def _read(self) -> None:
@@ -336,7 +341,7 @@ class OneJobSession(SocketSession):
     async def _send(self, item: Outgoing) -> bool:
         await self._frames.send(item)
         if item.terminal:
-            await self._closes.turn()
+            await self._frames.close_turn()
             await _close(self._ws, CLOSE_NORMAL, JOB_FINISHED)
             return False
         return True
