@@ -1,15 +1,17 @@
 # The README's two commands are `make run` and `make test`; the rest are helpers.
-.PHONY: run test install lint typecheck check pytest bench clean
+.PHONY: run test install lint typecheck check pytest bench chaos clean
 
 VENV := .venv
 BIN := $(VENV)/bin
 
 # Short simulated jobs for a person trying it out (the real scenario is 10-120 s).
-RUN_ENV := DOWNLOAD_DELAY_MIN_MS=$${DOWNLOAD_DELAY_MIN_MS:-4000} \
+# Loopback only, as the README says; HOST=0.0.0.0 make run opens it to the network.
+RUN_ENV := HOST=$${HOST:-127.0.0.1} \
+	DOWNLOAD_DELAY_MIN_MS=$${DOWNLOAD_DELAY_MIN_MS:-4000} \
 	DOWNLOAD_DELAY_MAX_MS=$${DOWNLOAD_DELAY_MAX_MS:-12000} \
 	LOG_FORMAT=$${LOG_FORMAT:-text}
 
-run:  ## create .venv, install, serve on embedded defaults (http://127.0.0.1:3000)
+run:  ## create .venv, install, serve on embedded defaults; prints the page's URL (http://127.0.0.1:3000/)
 	@bash .ci/venv
 	$(RUN_ENV) $(BIN)/delineate serve
 
@@ -27,12 +29,16 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
-pytest:
-	CI=$${CI:-true} $(BIN)/pytest
+pytest:  ## the suite on PYTEST_WORKERS (2) processes; the slowest tests listed at the end
+	CI=$${CI:-true} $(BIN)/pytest -n $${PYTEST_WORKERS:-2} --durations=15
 
 bench:  ## Delineate vs python-socketio vs broadcaster, fan-out + idle sockets on loopback; table + JSON
 	@bash .ci/install
 	$(BIN)/python bench/run.py
+
+chaos:  ## fault-injection soak (docs/guarantees.md): CHAOS_TRIALS (500), CHAOS_SEED, CHAOS_REDIS (single|cluster|sentinel); JSON summary
+	@bash .ci/venv test
+	CHAOS_TRIALS=$${CHAOS_TRIALS:-500} $(BIN)/python -m tests.chaos.harness
 
 clean:
 	rm -rf $(VENV) .cache data test-artifacts .pytest_cache .mypy_cache .ruff_cache

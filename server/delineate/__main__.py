@@ -1,0 +1,3 @@
+from delineate.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""The replica's one redis.asyncio client (one node, Sentinel or Cluster, as REDIS_URL says),
+and the connection class it uses.
+
+redis-py writes each command under ``asyncio.wait_for`` when the connection has a socket
+timeout. On Python 3.11, ``wait_for`` returns the result and *drops a cancellation* that
+arrives as the awaited write finishes (CPython gh-86296, fixed by 3.12's rewrite on
+``asyncio.timeout``), and a write nearly always finishes at once. A task cancelled during a
+Redis command then simply goes on: a job cancelled by a user or handed back at shutdown
+kept running to its end on the old replica. ``wait_for`` also runs the write in a task of
+its own, per command. ``CancellableWrites`` writes under ``asyncio.timeout`` instead: the
+same timeout and errors, the cancellation kept, no task.
+``tests/server/test_redis_client.py`` shows the loss with redis-py's own class and its
+absence with this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from delineate.redis.url import RedisTarget, parse_redis_url
+
+if TYPE_CHECKING:  # the settings check REDIS_URL with this package's parser
+    from delineate.settings import Settings
+
+
+class CancellableWrites(AbstractConnection):
+    """redis-py's ``send_packed_command`` (8.x), with ``asyncio.timeout`` for ``wait_for``."""
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        if not self.is_connected:
+            await self.connect_check_health(check_health=False)
+        if check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]
+        try:
+            if isinstance(command, str):
+                command = command.encode()
+            if isinstance(command, bytes):
+                command = [command]
+            writer: Any = self._writer
+            writer.writelines(command)
+            async with asyncio.timeout(self.socket_timeout or None):
+                await writer.drain()
+        except TimeoutError:  # the builtin one, which asyncio.timeout raises
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as e:
+            await self.disconnect(nowait=True)
+            err_no, errmsg = ("UNKNOWN", e.args[0]) if len(e.args) == 1 else e.args[:2]
+            raise ConnectionError(f"Error {err_no} while writing to socket. {errmsg}.") from e
+        except BaseException:
+            # A write cut short (a cancellation) leaves the connection mid-command.
+            await self.disconnect(nowait=True)
+            raise
+
+
+def with_cancellable_writes(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` (plain, TLS or unix-socket connection, as the URL chose) with the fix mixed in."""
+    return type(f"CancellableWrites{cls.__name__}", (CancellableWrites, cls), {})
+
+
+# Short socket timeouts: a dead Redis must fail fast (health, frames), never hang. A few
+# quick retries turn a pooled connection that died in a Redis restart into a reconnect
+# instead of an error.
+TIMEOUTS: dict[str, Any] = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "health_check_interval": 10,
+}
+
+
+CLUSTER_CONNECTIONS_PER_NODE = 2048
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
+
+
+def redis_client(settings: Settings) -> Any:
+    """The client for REDIS_URL's mode: ``redis.asyncio.Redis`` (one node, or the primary a
+    Sentinel names, found again after a failover) or ``redis.asyncio.RedisCluster``."""
+    assert settings.redis_url
+    target = parse_redis_url(settings.redis_url)
+    if target.mode == "cluster":
+        return _cluster_client(target, settings)
+    if target.mode == "sentinel":
+        return _sentinel_client(target, settings)
+    # A blocking pool: a burst of subscribers waits briefly for a connection instead of
+    # failing with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=64 + settings.job_concurrency,
+        timeout=5,
+        retry=_retry(),
+        retry_on_error=[ConnectionError, RedisTimeoutError],
+        **TIMEOUTS,
+    )
+    pool.connection_class = with_cancellable_writes(pool.connection_class)
+    return aioredis.Redis.from_pool(pool)
+
+
+def _sentinel_client(target: RedisTarget, settings: Settings) -> Any:
+    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+    class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+        """Sentinel's pool (connections find the current primary), blocking like the
+        one-node pool: a burst waits for a connection instead of "Too many connections"."""
+
+    sentinel_kwargs = {"socket_timeout": 1, "socket_connect_timeout": 1}
+    if target.sentinel_password:
+        sentinel_kwargs["password"] = target.sentinel_password  # type: ignore[assignment]
+    sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(
+        target.service,
+        connection_pool_class=BlockingSentinelPool,
+        timeout=5,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        max_connections=64 + settings.job_concurrency,
+        retry=_retry(),
+        retry_on_error=[ConnectionError, RedisTimeoutError],
+        **TIMEOUTS,
+    )
+    pool = client.connection_pool
+    pool.connection_class = with_cancellable_writes(pool.connection_class)
+    return client
+
+
+def _cluster_client(target: RedisTarget, settings: Settings) -> Any:
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        # Per node, and redis-py's cluster pool does not wait for a free connection (it
+        # raises): room for a burst of subscribers, each reading history and a record.
+        max_connections=CLUSTER_CONNECTIONS_PER_NODE,
+        # Slots are uncovered for the seconds a failover takes: answer 503 for those
+        # jobs meanwhile rather than refuse to start or to serve the other slots.
+        require_full_coverage=False,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 6),
+        socket_connect_timeout=2,
+        socket_timeout=5,
+    )
+    manager = client.nodes_manager
+    base = manager.connection_kwargs.get("connection_class") or Connection
+    writes = with_cancellable_writes(base)
+    manager.connection_kwargs["connection_class"] = writes
+    for node in manager.startup_nodes.values():
+        node.connection_class = writes  # type: ignore[assignment]
+    return client
+
+
+async def close_client(client: Any) -> None:
+    """``client.aclose()``, and on a Cluster every node's connections even when redis-py
+    skips them: its ``aclose`` does nothing while the client is marked to reload the slot
+    map (after any connection error), leaving every open connection behind."""
+    await client.aclose()
+    if is_cluster(client):
+        await client.nodes_manager.aclose()
+        await client.nodes_manager.aclose("startup_nodes")
+
+
+def is_cluster(client: Any) -> bool:
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def without_retries(client: aioredis.Redis) -> aioredis.Redis:
+    """A client like ``client`` (same server, options and connection class) whose commands
+    are never retried: for the broker's pub/sub connection, whose listener must see every
+    disconnect to resubscribe and resync (redis-py would reconnect it silently)."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "retry_on_error": []}
+    own = aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    return aioredis.Redis.from_pool(own)
