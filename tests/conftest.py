@@ -1,24 +1,73 @@
 """Shared fixtures: real server processes on ephemeral loopback ports, torn down by pid.
 
 Behavioural tests run once per backend: ``memory`` (embedded: in-process broker and job
-store, local-disk storage) and ``redis`` (a real redis-server and a real S3 server,
-SeaweedFS), so the two cannot drift.
+store, local-disk storage), ``redis`` (a real redis-server and a real S3 server, SeaweedFS)
+and ``cluster`` (a real Redis Cluster of 3 primaries + 3 replicas, and SeaweedFS), so they
+cannot drift.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from server.nginx import NginxConfig
-from server.stack import Nginx
-from tests.support.processes import Replica, free_port, require_binary, started
+from delineate import versions
+from delineate.devstack.nginx import NginxConfig
+from delineate.devstack.stack import Nginx
+from tests.support.processes import Replica, ReplicaGroup, free_port, require_binary, started
 from tests.support.services import Backend, SeaweedS3
 
-BACKENDS = ["memory", "redis"]
+BACKENDS = ["memory", "redis", "cluster"]
+# Tests that pin a library's private parts, and the library: outside its tested range they
+# fail at once with the reason, before anything else can fail obscurely.
+PINNED_MODULES = {
+    "tests.server.uvicorn_ext.test_http": "uvicorn",
+    "tests.server.test_wire": "uvicorn",
+    "tests.server.uvicorn_ext.test_lean_protocol": "uvicorn",
+    "tests.server.uvicorn_ext.test_close_deadline": "uvicorn",
+    "tests.server.redis.test_client": "redis",
+    "tests.server.redis.test_pipe": "redis",
+    "tests.server.broker.test_redis_pubsub": "redis",
+}
+
+
+@pytest.fixture(autouse=True)
+def _tested_library_version(request: pytest.FixtureRequest) -> None:
+    library = PINNED_MODULES.get(request.module.__name__)
+    if library is not None and (reason := versions.unsupported(library)) is not None:
+        pytest.fail(reason, pytrace=False)
+
+
+CLUSTER_SUITE = {
+    "tests/integration/test_jobs.py",
+    "tests/integration/test_websocket.py",
+    "tests/integration/test_sse.py",
+    "tests/integration/test_guarantees.py",
+    "tests/client_sdk/test_client.py",
+}
+"""The behavioural tests that run on the ``cluster`` backend by default: jobs, both streaming
+transports, the guarantees and the SDK (about two minutes on 2 cores; the rest of the suite
+adds five). ``DELINEATE_CLUSTER_SUITE=all`` runs every one on it; tests/server's contract
+tests and tests/integration/test_redis_modes.py always run on a Cluster."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("DELINEATE_CLUSTER_SUITE") == "all":
+        return
+    root = Path(str(config.rootpath))
+    kept, left = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_cluster = callspec is not None and callspec.params.get("backend_kind") == "cluster"
+        path = Path(str(item.path)).relative_to(root).as_posix()
+        (left if on_cluster and path not in CLUSTER_SUITE else kept).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +92,7 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 
 def make_backend(kind: str, tmp: Path, request: pytest.FixtureRequest) -> Backend:
-    s3 = request.getfixturevalue("s3_server") if kind == "redis" else None
+    s3 = request.getfixturevalue("s3_server") if kind != "memory" else None
     backend = Backend(kind, tmp, s3)
     backend.start()
     return backend
@@ -63,17 +112,14 @@ ReplicaFactory = Callable[..., Replica]
 @pytest.fixture
 def replica_factory(backend: Backend, tmp_path: Path) -> Iterator[ReplicaFactory]:
     """Start replicas on this test's backend with extra settings; all stopped afterwards."""
-    started: list[Replica] = []
+    group = ReplicaGroup(backend.tmp)
 
     def start(name: str = "replica", **env: str) -> Replica:
-        replica = Replica(f"{name}-{len(started)}", {**backend.env(), **env}, backend.tmp)
-        started.append(replica)
-        replica.start()
-        return replica
+        group.prefix = name
+        return group.start({**backend.env(), **env})
 
     yield start
-    for replica in started:
-        replica.stop()
+    group.stop()
 
 
 @pytest.fixture(scope="session")
@@ -147,20 +193,10 @@ def redis_backend(tmp_path: Path, s3_server: SeaweedS3) -> Iterator[Backend]:
 @pytest.fixture
 def cluster(redis_backend: Backend) -> Iterator[Cluster]:
     """Start ``n`` replicas sharing one redis-server and one bucket."""
-    started: list[Replica] = []
+    group = ReplicaGroup(redis_backend.tmp)
 
     def start(n: int, **env: str) -> list[Replica]:
-        replicas = []
-        for _ in range(n):
-            name = f"replica-{len(started)}"
-            settings = {**redis_backend.env(), "REPLICA_ID": name, **env}
-            replica = Replica(name, settings, redis_backend.tmp)
-            started.append(replica)
-            replicas.append(replica)
-        for replica in replicas:
-            replica.start()
-        return replicas
+        return [group.start({**redis_backend.env(), **env}) for _ in range(n)]
 
     yield start
-    for replica in started:
-        replica.stop()
+    group.stop()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from client_sdk import (
+from delineate.storage import demo
+from delineate_client import (
     AsyncClient,
     Backoff,
     JobFailed,
@@ -22,9 +23,8 @@ from client_sdk import (
     Unauthorized,
     is_terminal,
 )
-from client_sdk.subscription import Subscription
-from server.frames import CompletedFrame, JobStatus, SnapshotFrame
-from server.storage import demo
+from delineate_client.subscription import Subscription
+from delineate_protocol.frames import CompletedFrame, JobStatus, SnapshotFrame
 from tests.conftest import EdgeFactory, ReplicaFactory
 from tests.support.clients import AVAILABLE, UNAVAILABLE
 from tests.support.processes import Replica
@@ -130,7 +130,7 @@ def test_sync_client_in_a_plain_script(server: Replica, tmp_path: Path) -> None:
     script = tmp_path / "script.py"
     script.write_text(
         textwrap.dedent(f"""
-        from client_sdk import Client
+        from delineate_client import Client
         with Client({server.url!r}) as client:
             job = client.initiate([70000])
             kinds = [type(f).__name__ for f in client.subscribe(job.job_id)]
@@ -143,10 +143,12 @@ def test_sync_client_in_a_plain_script(server: Replica, tmp_path: Path) -> None:
     assert out.stdout.split() == ["SnapshotFrame", "CompletedFrame", "completed"]
 
 
-def test_cli_watch_prints_plain_lines_when_not_a_tty(server: Replica) -> None:
+def test_cli_watch_prints_plain_lines_when_not_a_tty(replica_factory: ReplicaFactory) -> None:
     """`delineate-client watch` prints one line per frame when piped, and exits 0 on success."""
+    # jobs long enough for the CLI to start and join while the job still runs
+    server = replica_factory(DOWNLOAD_DELAY_MIN_MS="4000", DOWNLOAD_DELAY_MAX_MS="4000")
     env = {**os.environ, "DELINEATE_URL": server.url}
-    cli = [sys.executable, "-m", "client_sdk.cli"]
+    cli = [sys.executable, "-m", "delineate_client.cli"]
     job_id = subprocess.run(
         [*cli, "initiate", "70000", "70007"], env=env, capture_output=True, text=True,
         timeout=30, check=True,
@@ -159,7 +161,10 @@ def test_cli_watch_prints_plain_lines_when_not_a_tty(server: Replica) -> None:
     assert lines[0].startswith(f"job {job_id}: ")
     assert any(line.startswith("progress ") and "ETA" in line for line in lines)
     assert any(line.startswith("file 70000: done") for line in lines)
-    assert lines[-2].startswith("completed: ")
+    assert any(line.startswith("completed: ") for line in lines)
+    # the final screen: the final state (not the first snapshot's), and a link to paste
+    assert lines[-2] == f"job {job_id}: completed, 100.0%"
+    assert lines[-1].startswith("download: http://127.0.0.1:")  # absolute (local or S3)
     assert "\r" not in watch.stdout  # no bar redraws in a pipe
     status = subprocess.run(
         [*cli, "status", job_id], env=env, capture_output=True, text=True, timeout=30, check=True
@@ -169,8 +174,8 @@ def test_cli_watch_prints_plain_lines_when_not_a_tty(server: Replica) -> None:
 
 def test_progress_view_draws_a_bar_on_a_tty() -> None:
     """On a terminal the bar redraws in place with percent, bytes, rate and ETA."""
-    from client_sdk.cli import ProgressView
-    from server.frames import ProgressFrame
+    from delineate_client.cli import ProgressView
+    from delineate_protocol.frames import ProgressFrame
 
     out = io.StringIO()
     view = ProgressView(out, tty=True)

@@ -16,8 +16,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from server.auth import Authenticator
-from server.settings import Settings
+from delineate.http.auth import Authenticator
+from delineate.settings import Settings
 from tests.conftest import Cluster
 from tests.support.clients import (
     AVAILABLE,

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from client_sdk import AsyncClient, Backoff
+from delineate_client import AsyncClient, Backoff
 from tests.conftest import Cluster, EdgeFactory, ReplicaFactory
 from tests.support.clients import (
     AVAILABLE,
     assert_strictly_increasing,
     initiate,
+    seq_of,
     seqs,
     sse_events,
+    wait_status,
     ws_collect,
 )
 
@@ -41,7 +44,7 @@ async def test_websocket_and_sse_through_nginx(cluster: Cluster, edge_factory: E
     assert over_ws.frames[-1]["type"] == "completed"
     assert over_ws.close_code == 1000
     assert over_sse[-1]["event"] == "completed"
-    assert_strictly_increasing([int(e["id"]) for e in over_sse])
+    assert_strictly_increasing([seq_of(e["id"]) for e in over_sse])
 
 
 async def test_idle_streams_outlive_the_proxy_read_timeout(
@@ -49,7 +52,8 @@ async def test_idle_streams_outlive_the_proxy_read_timeout(
 ) -> None:
     """With nginx's read timeout at 2 s, server heartbeats keep idle WS and SSE open for 4 s."""
     replica = replica_factory(
-        WS_PING_INTERVAL_S="0.5", SSE_KEEPALIVE_S="0.5", JOB_CONCURRENCY="1",
+        TRUSTED_PROXIES="127.0.0.1", JOB_CONCURRENCY="1",
+        WS_PING_INTERVAL_S="0.5", SSE_KEEPALIVE_S="0.5",
         DOWNLOAD_DELAY_MIN_MS="15000", DOWNLOAD_DELAY_MAX_MS="15000",
     )  # fmt: skip
     proxy = edge_factory([replica], stream_timeout="2s")
@@ -59,8 +63,7 @@ async def test_idle_streams_outlive_the_proxy_read_timeout(
         await ws.send('{"op":"ping"}')
         assert json.loads(await asyncio.wait_for(ws.recv(), 2))["type"] == "pong"
     async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as http:
-        await initiate(http, [70000])  # occupies the only worker
-        idle = await initiate(http, [70007])  # stays queued: an idle stream
+        idle = await _idle_job(http)
         kept = await _sse_lines_for(http, idle["streamUrl"], 4)
     assert kept.count(": keepalive") >= 4
     assert not kept.ended
@@ -71,15 +74,21 @@ async def test_a_silent_stream_is_cut_by_the_proxy(
 ) -> None:
     """The control for the test above: without a heartbeat within 2 s, nginx ends the stream."""
     replica = replica_factory(
-        SSE_KEEPALIVE_S="30", JOB_CONCURRENCY="1",
+        TRUSTED_PROXIES="127.0.0.1", SSE_KEEPALIVE_S="30", JOB_CONCURRENCY="1",
         DOWNLOAD_DELAY_MIN_MS="15000", DOWNLOAD_DELAY_MAX_MS="15000",
     )  # fmt: skip
     proxy = edge_factory([replica], stream_timeout="2s")
     async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as http:
-        await initiate(http, [70000])
-        waiting = await initiate(http, [70007])
-        cut = await _sse_lines_for(http, waiting["streamUrl"], 5)
+        idle = await _idle_job(http)
+        cut = await _sse_lines_for(http, idle["streamUrl"], 5)
     assert cut.ended
+
+
+async def _idle_job(http: httpx.AsyncClient) -> dict[str, Any]:
+    """A job that stays queued behind the replica's only worker: its stream is idle."""
+    running = await initiate(http, [70000])
+    await wait_status(http, running["jobId"], {"processing"})
+    return await initiate(http, [70007])
 
 
 class _Lines(list[str]):

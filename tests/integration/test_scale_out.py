@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from client_sdk import AsyncClient, Backoff
-from server.storage import demo
-from server.storage.keys import source_key
+from delineate.storage import demo
+from delineate.storage.keys import source_key
+from delineate_client import AsyncClient, Backoff
 from tests.conftest import Cluster, EdgeFactory
 from tests.support.clients import (
     AVAILABLE,
@@ -93,7 +93,9 @@ async def test_killed_replica_job_finishes_elsewhere_and_watchers_resume(
     assert done["status"] == "completed"
     assert done["attempt"] >= 2
     assert done["worker"] != victim.name
-    archive = zipfile.ZipFile(io.BytesIO(redis_backend.read_object(f"exports/{job['jobId']}.zip")))
+    # only the attempt that completed keeps a bundle
+    (bundle,) = [k for k in redis_backend.bundle_keys() if job["jobId"] in k]
+    archive = zipfile.ZipFile(io.BytesIO(redis_backend.read_object(bundle)))
     assert archive.testzip() is None
     assert {n: archive.read(n) for n in archive.namelist()} == {
         f"{i}.zip": demo.content(i) for i in AVAILABLE
@@ -151,7 +153,7 @@ async def test_s3_outage_is_reported_retried_then_recovered(
             own_s3.stop()
             health = await http.get("/health")
             assert health.status_code == 503
-            assert health.json()["checks"] == {"storage": "error", "redis": "ok"}
+            assert health.json()["checks"] == {"storage": "error", "redis": "ok", "queue": "ok"}
             failing = await initiate(http, [70000])
             failed = await wait_status(http, failing["jobId"], {"failed", "completed"}, 30)
             assert failed["status"] == "failed"
@@ -317,7 +319,7 @@ async def test_sigterm_drains_the_replica_and_the_job_moves_on(
 
 
 async def _collect(client: AsyncClient, job_id: str, transports: tuple[str, ...]) -> list[Any]:
-    from client_sdk.subscription import Subscription
+    from delineate_client.subscription import Subscription
 
     sub = Subscription(client, job_id, None, False, transports)
     return [frame async for frame in sub.frames()]

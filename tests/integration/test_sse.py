@@ -8,7 +8,14 @@ import httpx
 import pytest
 
 from tests.conftest import ReplicaFactory
-from tests.support.clients import AVAILABLE, assert_strictly_increasing, initiate, sse_events
+from tests.support.clients import (
+    AVAILABLE,
+    assert_strictly_increasing,
+    initiate,
+    seq_of,
+    sse_events,
+    wait_status,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,9 +33,9 @@ async def test_stream_headers_and_events(http: httpx.AsyncClient) -> None:
     assert events[0]["event"] == "snapshot"
     assert events[-1]["event"] == "completed"
     for event in events:
-        assert int(event["id"]) == event["data"]["seq"]
+        assert event["id"] == f"{event['data']['epoch']}:{event['data']['seq']}"
         assert event["event"] == event["data"]["type"]
-    assert_strictly_increasing([int(e["id"]) for e in events])
+    assert_strictly_increasing([seq_of(e["id"]) for e in events])
 
 
 async def test_frames_arrive_while_the_job_runs(http: httpx.AsyncClient) -> None:
@@ -47,7 +54,7 @@ async def test_last_event_id_resumes_without_gap_or_duplicate(http: httpx.AsyncC
     last = first[-1]["id"]
     await asyncio.sleep(0.3)
     rest, _ = await sse_events(http, job["streamUrl"], headers={"Last-Event-ID": last})
-    ids = [int(e["id"]) for e in first[1:] + rest]
+    ids = [seq_of(e["id"]) for e in first[1:] + rest]
     assert ids == list(range(ids[0], ids[-1] + 1))
     assert rest[0]["event"] != "snapshot"
     assert rest[-1]["event"] == "completed"
@@ -59,7 +66,7 @@ async def test_since_query_for_the_first_request(http: httpx.AsyncClient) -> Non
     first, _ = await sse_events(http, job["streamUrl"], limit=2)
     since = first[-1]["id"]
     rest, _ = await sse_events(http, f"{job['streamUrl']}?since={since}", limit=1)
-    assert int(rest[0]["id"]) == int(since) + 1
+    assert seq_of(rest[0]["id"]) == seq_of(since) + 1
 
 
 async def test_keepalive_comments_on_an_idle_stream(replica_factory: ReplicaFactory) -> None:
@@ -71,10 +78,13 @@ async def test_keepalive_comments_on_an_idle_stream(replica_factory: ReplicaFact
         DOWNLOAD_DELAY_MAX_MS="3000",
     )
     async with httpx.AsyncClient(base_url=replica.url, timeout=10) as client:
-        await initiate(client, [70000])  # occupies the only worker
+        running = await initiate(client, [70000])
+        # The only worker is busy before the next job exists (partitions are not FIFO).
+        await wait_status(client, running["jobId"], {"processing"})
         waiting = await initiate(client, [70007])  # stays queued: an idle stream
         events, comments = [], []
         async with client.stream("GET", waiting["streamUrl"]) as response:
+            assert response.status_code == 200, (await response.aread()).decode()
             async with asyncio.timeout(5):
                 async for line in response.aiter_lines():
                     if line.startswith(":"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client_sdk import Client
+from delineate_client import Client
 from tests.support.processes import free_port, require_binary
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def test_stack_serves_through_nginx_and_stops_cleanly(tmp_path: Path) -> None:
     for tool in ("redis-server", "weed", "nginx"):
         require_binary(tool)
     port = free_port()
-    argv = [sys.executable, "-m", "server", "stack", "--replicas", "2", "--port", str(port),
+    argv = [sys.executable, "-m", "delineate", "stack", "--replicas", "2", "--port", str(port),
             "--seed", "3", "--dir", str(tmp_path / "stack")]  # fmt: skip
     env = {**os.environ, "DOWNLOAD_DELAY_MIN_MS": "500", "DOWNLOAD_DELAY_MAX_MS": "800"}
     proc = subprocess.Popen(

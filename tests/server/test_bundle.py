@@ -3,7 +3,7 @@
 import io
 import zipfile
 
-from server.bundle import ZipBundle
+from delineate.bundle import ZipBundle
 
 
 def test_streamed_bundle_is_a_valid_zip() -> None:

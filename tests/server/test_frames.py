@@ -3,7 +3,7 @@
 import msgspec
 import pytest
 
-from server.frames import (
+from delineate_protocol.frames import (
     FrameHeader,
     ProgressFrame,
     SubscribeOp,
@@ -48,7 +48,8 @@ def test_subscribe_op_decodes() -> None:
         '{"op":"subscribe"}',
         '{"op":"subscribe","jobId":"../etc"}',
         f'{{"op":"subscribe","jobId":"{JOB}","since":-1}}',
-        f'{{"op":"subscribe","jobId":"{JOB}","since":"4"}}',
+        f'{{"op":"subscribe","jobId":"{JOB}","since":"-:4"}}',
+        f'{{"op":"subscribe","jobId":"{JOB}","since":4.5}}',
         "[]",
     ],
 )
@@ -56,3 +57,11 @@ def test_bad_ops_are_rejected(raw: str) -> None:
     """Unknown ops, missing or malformed fields fail validation with a message."""
     with pytest.raises(msgspec.ValidationError):
         op_decoder.decode(raw)
+
+
+@pytest.mark.parametrize("since", ["4", '"4"', '"3f9a01bc:4"'])
+def test_a_position_may_name_its_epoch(since: str) -> None:
+    """``since`` is a seq, or an ``"<epoch>:<seq>"`` position (a bare one: the current epoch)."""
+    op = op_decoder.decode(f'{{"op":"subscribe","jobId":"{JOB}","since":{since}}}')
+    assert isinstance(op, SubscribeOp)
+    assert op.since in (4, "4", "3f9a01bc:4")

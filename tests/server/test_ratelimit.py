@@ -1,6 +1,6 @@
 """Fixed-window rate limiting per client (pure)."""
 
-from server.ratelimit import FixedWindowLimiter
+from delineate.ratelimit import FixedWindowLimiter
 
 
 def test_counts_per_client_within_a_window() -> None:

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.broker.base import Broker
-from server.broker.memory import MemoryBroker
-from server.broker.redis import RedisBroker
-from server.redis_client import redis_client
-from server.settings import Settings
+from delineate.broker.base import Broker
+from delineate.broker.memory import MemoryBroker
+from delineate.broker.redis import RedisBroker
+from delineate.broker.redis_sharded import ShardedRedisBroker
+from delineate.redis.client import close_client, redis_client
+from delineate.settings import Settings
 from tests.support.services import RedisServer
 
 
@@ -24,6 +25,16 @@ async def broker_of(
     afterwards."""
     if kind == "memory":
         yield MemoryBroker(history_max_frames=history_max_frames, retention_s=60)
+        return
+    if kind == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        cluster_client = redis_client(Settings(redis_url=url))
+        try:
+            yield ShardedRedisBroker(
+                cluster_client, history_max_frames=history_max_frames, retention_s=60
+            )
+        finally:
+            await close_client(cluster_client)
         return
     server: RedisServer = request.getfixturevalue("redis_server")
     client = redis_client(Settings(redis_url=server.url))

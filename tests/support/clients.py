@@ -106,5 +106,10 @@ def seqs(frames: list[dict[str, Any]]) -> list[int]:
     return [f["seq"] for f in frames]
 
 
+def seq_of(event_id: str) -> int:
+    """The seq of an SSE event id (``<epoch>:<seq>``)."""
+    return int(event_id.rpartition(":")[2])
+
+
 def assert_strictly_increasing(values: list[int]) -> None:
     assert all(a < b for a, b in itertools.pairwise(values)), values

@@ -12,10 +12,10 @@ import httpx
 import msgspec
 import uvicorn
 
-from server.app import build
-from server.realtime.wire import LeanWebSocketProtocol
-from server.services import Services
-from server.settings import Settings
+from delineate.app import build
+from delineate.services import Services
+from delineate.settings import Settings
+from delineate.uvicorn_ext.sockets import LeanWebSocketProtocol
 from tests.support.processes import free_port
 
 
@@ -62,7 +62,8 @@ class InProcessApp(msgspec.Struct, frozen=True):
 async def running_app(settings: Settings) -> AsyncIterator[InProcessApp]:
     """The real app (the server's own uvicorn protocol, lifespan on) built from ``settings``."""
     app, services = build(settings)
-    async with serving(app, ws=LeanWebSocketProtocol, lifespan="on") as ws_url:
+    protocol = LeanWebSocketProtocol.closing_within(settings.close_deadline_s)
+    async with serving(app, ws=protocol, lifespan="on") as ws_url:
         base = ws_url.replace("ws://", "http://").rstrip("/")
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             yield InProcessApp(ws_url, http, services)

@@ -1,16 +1,17 @@
-"""Test-side wrappers over ``server.stack``'s process classes: a missing tool or a process
-that never becomes ready FAILS the test (it never skips)."""
+"""Test-side wrappers over ``delineate.devstack.stack``'s process classes: a missing tool or a
+process that never becomes ready FAILS the test (it never skips)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from server import stack
-from server.stack import StackError, find_binary, free_port
+from delineate.devstack import stack
+from delineate.devstack.stack import StackError, find_binary, free_port
 
-__all__ = ["Replica", "free_port", "require_binary", "started"]
+__all__ = ["Replica", "ReplicaGroup", "free_port", "require_binary", "started"]
 
 TEST_ENV = {
     "DOWNLOAD_DELAY_ENABLED": "true",
@@ -31,7 +32,9 @@ def require_binary(name: str) -> str:
     return found
 
 
-def started(process: stack.Managed) -> stack.Managed:
+def started(process: Any) -> Any:
+    """``process`` (a ``stack.Managed``, or a group of them: a Redis Cluster, Sentinels)
+    started; a failure to start fails the test."""
     try:
         process.start()
     except StackError as exc:
@@ -52,3 +55,23 @@ class Replica(stack.Replica):
             super().start()
         except StackError as exc:
             pytest.fail(str(exc))
+
+
+class ReplicaGroup:
+    """The replicas one test starts, numbered in order; ``stop`` ends them all (a fixture's
+    teardown)."""
+
+    def __init__(self, log_dir: Path, prefix: str = "replica") -> None:
+        self.log_dir, self.prefix = log_dir, prefix
+        self.replicas: list[Replica] = []
+
+    def start(self, env: dict[str, str], port: int | None = None) -> Replica:
+        name = f"{self.prefix}-{len(self.replicas)}"
+        replica = Replica(name, {"REPLICA_ID": name, **env}, self.log_dir, port)
+        self.replicas.append(replica)
+        replica.start()
+        return replica
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            replica.stop()

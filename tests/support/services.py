@@ -12,32 +12,57 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from server.stack import S3_KEY, S3_SECRET, RedisServer, SeaweedS3
+from delineate.devstack.stack import (
+    S3_KEY,
+    S3_SECRET,
+    RedisCluster,
+    RedisSentinels,
+    RedisServer,
+    SeaweedS3,
+)
 from tests.support.processes import require_binary, started
 
 SEEDED_IDS = [70000, 70007, 70014, 70021, 70028, 10003]
 """Source files every S3-backed deployment gets (demo content, standard sizes)."""
 
-__all__ = ["Backend", "RedisServer", "SeaweedS3", "wait_serving"]
+__all__ = ["Backend", "RedisCluster", "RedisSentinels", "RedisServer", "SeaweedS3", "wait_serving"]
+
+REDIS_KINDS = ("redis", "cluster", "sentinel")
+"""Backends on Redis: one node, a Cluster (3 primaries + 3 replicas), or a primary + replica
+watched by 3 sentinels."""
+
+
+def redis_of(kind: str, tmp: Path, fsync: str = "always") -> Any:
+    """A (not yet started) Redis deployment of ``kind``; every one has ``url`` and ``stop``."""
+    require_binary("redis-server")
+    if kind == "cluster":
+        require_binary("redis-cli")
+        return RedisCluster(tmp, fsync=fsync)
+    if kind == "sentinel":
+        return RedisSentinels(tmp, fsync=fsync)
+    return RedisServer(tmp, fsync=fsync)
 
 
 class Backend:
-    """What the replicas of one deployment share: the embedded store, or Redis + an S3 bucket."""
+    """What the replicas of one deployment share: the embedded store, or Redis (one node, a
+    Cluster or Sentinels) + an S3 bucket."""
 
-    def __init__(self, kind: str, tmp: Path, s3: SeaweedS3 | None) -> None:
+    def __init__(
+        self, kind: str, tmp: Path, s3: SeaweedS3 | None, redis_fsync: str = "always"
+    ) -> None:
         self.kind, self.tmp, self.s3 = kind, tmp, s3
-        self.redis: RedisServer | None = None
+        self.redis_fsync = redis_fsync
+        self.redis: Any = None
         self.bucket = f"t-{uuid.uuid4().hex[:16]}"
 
     @property
     def shared(self) -> bool:
-        return self.kind == "redis"
+        return self.kind in REDIS_KINDS
 
     def start(self) -> None:
         if not self.shared:
             return
-        require_binary("redis-server")
-        self.redis = RedisServer(self.tmp)
+        self.redis = redis_of(self.kind, self.tmp, self.redis_fsync)
         started(self.redis)
         self.seed(SEEDED_IDS)
 
@@ -53,12 +78,14 @@ class Backend:
         return {"REDIS_URL": self.redis.url, **self.s3.settings_for(self.bucket)}
 
     def seed(self, ids: list[int], size: int | None = None) -> None:
-        argv = [sys.executable, "-m", "server", "seed", "--ids", ",".join(map(str, ids))]
+        argv = [sys.executable, "-m", "delineate", "seed", "--ids", ",".join(map(str, ids))]
         if size is not None:
             argv += ["--size", str(size)]
-        subprocess.run(
-            argv, env={**os.environ, **self.env()}, check=True, capture_output=True, timeout=120
+        done = subprocess.run(
+            argv, env={**os.environ, **self.env()}, capture_output=True, timeout=120, check=False
         )
+        if done.returncode != 0:
+            raise AssertionError(f"delineate seed failed:\n{done.stderr.decode()[-3000:]}")
 
     def bundle_keys(self) -> list[str]:
         """Objects under exports/ (finished bundles and anything left behind)."""

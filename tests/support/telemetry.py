@@ -78,6 +78,9 @@ class SpanCollector(_Receiver):
                             "span_id": span.span_id.hex(),
                             "parent_id": span.parent_span_id.hex(),
                             "replica": resource.get("service.instance.id"),
+                            "service": resource.get("service.name"),
+                            "resource": resource,
+                            "status": span.status.code,  # 2 = error (OTLP's STATUS_CODE_ERROR)
                             "attributes": {a.key: a.value for a in span.attributes},
                         })  # fmt: skip
         return found

@@ -27,7 +27,7 @@ def test_job_reaches_100_and_the_link_downloads_the_bundle(server: Replica, page
     page.wait_for_selector(f'.job[data-job-id="{job_id}"].completed', timeout=30_000)
     assert progress_of(page, job_id) == 100
     card = f'.job[data-job-id="{job_id}"]'
-    assert "unavailable" in page.text_content(f"{card} .files") or ""
+    assert "99999 does not exist" in (page.text_content(f"{card} .files") or "")
     with page.expect_download() as info:
         page.click(f"{card} a.download")
     archive = zipfile.ZipFile(io.BytesIO(info.value.path().read_bytes()))
@@ -129,7 +129,9 @@ def test_with_auth_on_the_page_asks_for_a_key_and_streams_with_a_token(
     page.fill("#api-key", "browser-key")
     page.click("#use-key")
     page.wait_for_selector("#key-form", state="hidden")
-    page.wait_for_function("document.querySelector('#transport').textContent === 'live: WebSocket'")
+    page.wait_for_function(
+        "document.querySelector('#transport').textContent === 'live · WebSocket'"
+    )
     job_id = start_download(page, "70000")
     page.wait_for_selector(f'.job[data-job-id="{job_id}"].completed', timeout=30_000)
     assert progress_of(page, job_id) == 100

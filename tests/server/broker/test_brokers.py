@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from server import redis_keys as keys
-from server.broker.base import Broker
-from server.broker.redis import RedisBroker
-from server.redis_client import redis_client
-from server.settings import Settings
+from delineate.broker.base import Broker
+from delineate.broker.redis import RedisBroker
+from delineate.redis import keys as keys
+from delineate.redis.client import redis_client
+from delineate.settings import Settings
 from tests.support.brokers import broker_of
 from tests.support.proxy import ReplyGate
 from tests.support.services import RedisServer
@@ -46,7 +47,7 @@ class Recorder:
                 await self.changed.wait()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def started(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Recorder]]:
     recorder = Recorder()
     async with broker_of(request.param, request, history_max_frames=16) as broker:
@@ -55,21 +56,33 @@ async def started(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker,
         await broker.stop()
 
 
-async def publish(broker: Broker, n: int, *, terminal_last: bool = False) -> list[int]:
+_published: weakref.WeakKeyDictionary[Broker, int] = weakref.WeakKeyDictionary()
+
+
+async def publish(
+    broker: Broker, n: int, *, terminal_last: bool = False, epoch: str = "e1"
+) -> list[int]:
+    """``n`` frames, one message each, at the seqs after the last this broker published."""
     seqs = []
     for i in range(n):
-        seq = await broker.next_seq(JOB)
+        seq = _published[broker] = _published.get(broker, 0) + 1
         await broker.publish(
-            JOB, seq, f"frame-{seq}".encode(), terminal=terminal_last and i == n - 1
+            JOB, epoch, [(seq, f"frame-{seq}".encode())], terminal=terminal_last and i == n - 1
         )
         seqs.append(seq)
     return seqs
 
 
-async def test_seq_is_strictly_increasing(started: tuple[Broker, Recorder]) -> None:
-    """next_seq counts 1, 2, 3 per job."""
-    broker, _ = started
-    assert [await broker.next_seq(JOB) for _ in range(3)] == [1, 2, 3]
+async def test_frames_published_together_are_one_message(
+    started: tuple[Broker, Recorder],
+) -> None:
+    """Several frames go out as one message, a frame per line, and each is in the history."""
+    broker, recorder = started
+    await broker.subscribe(JOB)
+    await broker.publish(JOB, "e1", [(1, b"a"), (2, b"b")], terminal=False)
+    await recorder.wait(lambda: len(recorder.frames) == 1)
+    assert recorder.frames == [(JOB, b"a\nb")]
+    assert (await broker.history(JOB, 0)).frames == [(1, b"a"), (2, b"b")]
 
 
 async def test_frames_reach_subscribers_only(started: tuple[Broker, Recorder]) -> None:
@@ -80,6 +93,7 @@ async def test_frames_reach_subscribers_only(started: tuple[Broker, Recorder]) -
     await publish(broker, 2)
     await recorder.wait(lambda: len(recorder.frames) == 2)
     await broker.unsubscribe(JOB)
+    await asyncio.sleep(0.2)  # Redis answers UNSUBSCRIBE on the listener's connection, later
     await publish(broker, 1)
     await asyncio.sleep(0.2)
     assert [p for _, p in recorder.frames] == [b"frame-2", b"frame-3"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from server.settings import Settings
+from delineate.settings import Settings
 from tests.support.inprocess import running_app
 
 

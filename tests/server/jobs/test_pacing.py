@@ -3,8 +3,8 @@
 import itertools
 import random
 
-from server.jobs.emitter import Throttle
-from server.jobs.runner import Pacer
+from delineate.jobs.emitter import Throttle
+from delineate.jobs.runner import Pacer
 
 
 class Clock:

@@ -1,7 +1,7 @@
 """Pure helpers of the runner."""
 
-from server.jobs.runner import MIN_CHUNK, bundle_too_large, paced_chunk_size
-from server.storage.base import CHUNK_SIZE
+from delineate.jobs.runner import MIN_CHUNK, bundle_too_large, paced_chunk_size
+from delineate.storage.base import CHUNK_SIZE
 
 
 def test_chunks_are_small_enough_for_a_progress_frame_every_interval() -> None:

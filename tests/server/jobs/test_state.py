@@ -2,8 +2,8 @@
 
 import pytest
 
-from server.frames import FileState, JobError, JobStatus
-from server.jobs import state
+from delineate.jobs import state
+from delineate_protocol.frames import FileState, JobError, JobStatus
 
 
 def job(n: int = 2):

@@ -8,19 +8,25 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from server.jobs import state
-from server.jobs.state import JobRecord
-from server.jobstore.base import JobStore
-from server.jobstore.memory import MemoryJobStore
-from server.jobstore.redis import RedisJobStore
+from delineate.jobs import state
+from delineate.jobstore.base import JobStore
+from delineate.jobstore.memory import MemoryJobStore
+from delineate.jobstore.redis import RedisJobStore
+from delineate.record import JobRecord
+from delineate.redis.client import close_client, redis_client
+from delineate.settings import Settings
 from tests.support.services import RedisServer
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[JobStore]:
     client = None
     if request.param == "memory":
         store: JobStore = MemoryJobStore(retention_s=60)
+    elif request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        client = redis_client(Settings(redis_url=url))
+        store = RedisJobStore(client, retention_s=60, lease_ms=30_000)
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         client = aioredis.Redis.from_url(server.url)
@@ -29,11 +35,11 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[JobStore]:
     yield store
     await store.stop()
     if client is not None:
-        await client.aclose()
+        await close_client(client)
 
 
-def new_record() -> JobRecord:
-    return JobRecord(job=state.new_job(str(uuid.uuid4()), [70000]))
+def new_record(job_id: str | None = None) -> JobRecord:
+    return JobRecord(job=state.new_job(job_id or str(uuid.uuid4()), [70000]))
 
 
 async def test_create_stores_the_record_and_queues_the_job(store: JobStore) -> None:
@@ -50,7 +56,8 @@ async def test_create_stores_the_record_and_queues_the_job(store: JobStore) -> N
 async def test_a_repeated_idempotency_key_returns_the_first_job_and_queues_nothing(
     store: JobStore,
 ) -> None:
-    first, second = new_record(), new_record()
+    # Ids as the service makes them: from the key (on a Cluster, the key's slot).
+    first, second = (new_record(store.new_job_id("key-1")) for _ in range(2))
     assert (await store.create(first, "key-1")).job.job_id == first.job.job_id
     again = await store.create(second, "key-1")
     assert again.job.job_id == first.job.job_id

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from server.realtime.closing import TICK_S, ClosePacer
+from delineate.realtime.closing import TICK_S, ClosePacer
 
 
 class Ticks:

@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
-from server.broker.base import Broker
-from server.frames import JobSnapshot, JobStatus, ProgressFrame, encoder
-from server.realtime.hub import Hub
-from server.realtime.outbox import Outbox, Outgoing
+from delineate.broker.base import Broker
+from delineate.realtime.hub import Hub
+from delineate.realtime.outbox import Outbox, Outgoing
+from delineate.realtime.resume import Since
+from delineate_protocol.frames import JobSnapshot, JobStatus, ProgressFrame, encoder
 from tests.support.brokers import broker_of
 
 JOB = "7f7c2c52-0f5e-4a43-9d8e-3b0c6f1b9a10"
+EPOCH = "e1"
 
 
 class Job:
@@ -31,11 +33,11 @@ class Job:
         meanwhile, self.while_snapshot_read = self.while_snapshot_read, None
         if meanwhile is not None:
             await meanwhile()
-        return JobSnapshot(job_id=job_id, status=JobStatus.PROCESSING, seq=self.seq)
+        return JobSnapshot(job_id=job_id, status=JobStatus.PROCESSING, seq=self.seq, epoch=EPOCH)
 
     async def save(self) -> int:
         """The record at the next seq; its frame is not published yet."""
-        self.seq = await self.broker.next_seq(JOB)
+        self.seq += 1
         return self.seq
 
     async def publish(self, seq: int) -> None:
@@ -43,7 +45,8 @@ class Job:
             job_id=JOB, seq=seq, progress=0.0, bytes_done=0, bytes_total=0,
             files_done=0, files_total=1,
         )  # fmt: skip
-        await self.broker.publish(JOB, seq, encoder.encode(frame), terminal=False)
+        frame.epoch = EPOCH
+        await self.broker.publish(JOB, EPOCH, [(seq, encoder.encode(frame))], terminal=False)
 
     async def emit(self) -> int:
         seq = await self.save()
@@ -88,7 +91,7 @@ async def test_frames_published_while_a_watch_reads_the_job_are_replayed_not_sum
     hub, job = hub_job
     job.while_snapshot_read = job.emit_two
     box = Outbox(limit=64)
-    await hub.watch(JOB, 0, box)
+    await hub.watch(JOB, Since(EPOCH, 0), box)
     assert await received_items(box, 2) == [(1, "progress"), (2, "progress")]
 
 
@@ -98,7 +101,7 @@ async def test_a_frame_saved_but_not_yet_published_comes_live(hub_job: tuple[Hub
     hub, job = hub_job
     seq = await job.save()
     box = Outbox(limit=64)
-    await hub.watch(JOB, 0, box)
+    await hub.watch(JOB, Since(EPOCH, 0), box)
     assert len(box) == 0
     await job.publish(seq)
     assert await received_items(box, 1) == [(1, "progress")]
@@ -110,10 +113,10 @@ async def test_a_watcher_back_before_the_last_one_let_go_still_gets_live_frames(
     """A page reload: the job's only watcher leaves and a new one arrives at once. Letting go
     of the channel must not cut the newcomer off."""
     hub, job = hub_job
-    leaving = await hub.watch(JOB, 0, Outbox(limit=64))
+    leaving = await hub.watch(JOB, Since(EPOCH, 0), Outbox(limit=64))
     hub.unwatch(leaving)
     arriving = Outbox(limit=64)
-    await hub.watch(JOB, 0, arriving)
+    await hub.watch(JOB, Since(EPOCH, 0), arriving)
     await asyncio.sleep(0.1)  # let the release run
     assert [await job.emit() for _ in range(3)] == [1, 2, 3]
     assert await received(arriving, 3) == [1, 2, 3]
@@ -130,7 +133,7 @@ async def test_watchers_joining_while_frames_flow_get_each_frame_once(
 
     async def join_later(outbox: Outbox) -> None:
         await asyncio.sleep(rng.uniform(0, 0.25))
-        await hub.watch(JOB, 0, outbox)
+        await hub.watch(JOB, Since(EPOCH, 0), outbox)
 
     async def stream() -> None:
         for _ in range(150):
@@ -151,7 +154,7 @@ async def test_frames_published_together_reach_a_watcher_in_one_direct_write(
 
     def frame(seq: int) -> bytes:
         progress = ProgressFrame(
-            job_id=JOB, seq=seq, progress=0.0, bytes_done=0, bytes_total=0,
+            job_id=JOB, seq=seq, epoch=EPOCH, progress=0.0, bytes_done=0, bytes_total=0,
             files_done=0, files_total=1,
         )  # fmt: skip
         return encoder.encode(progress)
@@ -165,7 +168,7 @@ async def test_frames_published_together_reach_a_watcher_in_one_direct_write(
 
         return deliver_now
 
-    for name, since, job_seq in (("fresh", None, 0), ("resumed", 1, 1)):
+    for name, since, job_seq in (("fresh", None, 0), ("resumed", Since(EPOCH, 1), 1)):
         outbox = Outbox(limit=10)
         outbox.direct = recorder(name)
         outbox.start_writer = lambda: None

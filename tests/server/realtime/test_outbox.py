@@ -3,7 +3,7 @@
 import asyncio
 from collections.abc import Sequence
 
-from server.realtime.outbox import Outbox, Outgoing
+from delineate.realtime.outbox import Outbox, Outgoing
 
 
 def item(seq: int, type: str = "progress", job: str = "a") -> Outgoing:

@@ -1,5 +1,5 @@
 """When a job ends, every follower gets its terminal frame at once and the closes follow on
-their turns (``server.realtime.closing``): the real app, in a real uvicorn in this process,
+their turns (``delineate.realtime.closing``): the real app, in a real uvicorn in this process,
 with CLOSE_RATE=1 (one close a second) so the order is plain to see."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.protocol import State
 
-from server.settings import Settings
+from delineate.settings import Settings
 from tests.support.inprocess import running_app
 
 TERMINAL = {"completed", "failed", "cancelled"}

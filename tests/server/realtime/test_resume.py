@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.realtime.resume import Sequencer, history_covers
+from delineate.realtime.resume import Sequencer, history_covers
 
 
 def test_live_frames_are_held_while_catching_up() -> None:

@@ -2,8 +2,10 @@
 
 import pytest
 
-from server.errors import BadRequest
-from server.realtime.sse import format_retry, format_sse_event, parse_since
+from delineate.errors import BadRequest
+from delineate.realtime.outbox import Outgoing
+from delineate.realtime.resume import Since
+from delineate.realtime.sse import format_retry, format_sse_event, parse_since
 
 
 def test_event_has_id_event_and_data() -> None:
@@ -23,14 +25,33 @@ def test_retry_hint() -> None:
     assert format_retry(2000) == b"retry: 2000\n\n"
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(None, None), ("", None), ("0", 0), ("42", 42)])
-def test_since_parses(raw: str | None, expected: int | None) -> None:
-    """An absent or empty value means "from the snapshot"."""
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("0", Since(None, 0)),
+        ("42", Since(None, 42)),
+        ("3f9a01bc:42", Since("3f9a01bc", 42)),
+    ],
+)
+def test_since_parses(raw: str | None, expected: Since | None) -> None:
+    """An absent or empty value means "from the snapshot"; a bare seq means "in the job's
+    current epoch" (positions from before epochs keep working)."""
     assert parse_since(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["-1", "abc", "1.5", "9" * 40])
+def test_an_event_id_is_the_frames_position() -> None:
+    """A frame's SSE id carries its epoch, so Last-Event-ID names the epoch it came from."""
+    item = Outgoing("job", 7, "progress", "{}", epoch="3f9a01bc")
+    assert item.sse_event.startswith(b"id: 3f9a01bc:7\n")
+    assert parse_since("3f9a01bc:7") == Since("3f9a01bc", 7)
+
+
+@pytest.mark.parametrize(
+    "raw", ["-1", "abc", "1.5", "9" * 40, ":5", "ABC:5", "a:b", "x" * 17 + ":1"]
+)
 def test_bad_since_is_a_400(raw: str) -> None:
-    """Anything but a non-negative integer is refused."""
+    """Anything but a non-negative integer, optionally after an epoch, is refused."""
     with pytest.raises(BadRequest):
         parse_since(raw)

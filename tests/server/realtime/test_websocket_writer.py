@@ -9,7 +9,7 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from server.settings import Settings
+from delineate.settings import Settings
 from tests.support.inprocess import running_app
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from server.storage import demo
-from server.storage.keys import bundle_key, is_valid_key, source_key
+from delineate.storage import demo
+from delineate.storage.keys import bundle_key, is_valid_key, source_key
 
 
 @pytest.mark.parametrize(("file_id", "available"), [(70000, True), (99999, False), (10003, True)])

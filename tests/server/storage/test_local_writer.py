@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from server.storage.base import ObjectWriter
-from server.storage.keys import bundle_key
-from server.storage.local import WRITE_BUFFER_BYTES, LocalStorage
+from delineate.storage.base import ObjectWriter
+from delineate.storage.keys import bundle_key
+from delineate.storage.local import WRITE_BUFFER_BYTES, LocalStorage
 
 
 async def local_store(tmp_path: Path) -> LocalStorage:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from server.errors import Forbidden
-from server.storage import signing
+from delineate.errors import Forbidden
+from delineate.storage import signing
 
 SECRET = "s3cret"
 PATH = "/v1/files/exports/x.zip"

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from server.storage.threads import BlockingCalls
+from delineate.storage.threads import BlockingCalls
 
 
 def threads_named(prefix: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.realtime.wire import Flag, Inbox
+from delineate.uvicorn_ext.sockets import Flag, Inbox
 
 
 async def test_inbox_is_first_in_first_out_and_get_waits_for_put() -> None:

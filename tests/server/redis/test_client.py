@@ -12,8 +12,8 @@ import random
 import pytest
 from redis.exceptions import ConnectionError
 
-from server.redis_client import CancellableWrites, redis_client
-from server.settings import Settings
+from delineate.redis.client import CancellableWrites, redis_client
+from delineate.settings import Settings
 from tests.support.services import RedisServer
 
 

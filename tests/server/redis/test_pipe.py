@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,9 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.redis_client import redis_client
-from server.redis_pipe import PipeScript, RedisPipe
-from server.settings import Settings
+from delineate.redis.client import redis_client
+from delineate.redis.pipe import PipeScript, RedisPipe
+from delineate.settings import Settings
 from tests.support.proxy import ReplyGate
 from tests.support.services import RedisServer
 
@@ -134,3 +135,54 @@ async def test_a_reply_that_never_comes_is_a_timeout_then_a_new_connection(
         finally:
             await pipe.aclose()
             await client.aclose()
+
+
+def test_a_socket_closed_under_the_pipe_is_a_connection_error(redis_server: RedisServer) -> None:
+    """On uvloop (the replicas' loop) a write to a socket that closed before the reader
+    noticed raises RuntimeError: the pipe reports it as the lost connection it is (a job
+    took it for a crash and failed, when Redis was killed under it), and connects again."""
+    import uvloop
+
+    async def scenario() -> None:
+        client = redis_client(Settings(redis_url=redis_server.url))
+        pipe = RedisPipe(client.connection_pool)
+        try:
+            assert await pipe.call("PING") == b"PONG"
+            pipe._connection._writer.transport.abort()
+            await asyncio.sleep(0)  # the transport closes; the reader has not run yet
+            with pytest.raises(RedisConnectionError):
+                await pipe.call("PING")
+            assert await pipe.call("PING") == b"PONG"
+        finally:
+            await pipe.aclose()
+            await client.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
+async def test_a_primary_demoted_to_a_replica_is_a_lost_connection(tmp_path: Path) -> None:
+    """After a failover the old primary answers writes with READONLY. The pipe treats that
+    as a lost connection (ConnectionError, which the journal reports as Redis unavailable and
+    its callers retry) and connects again on the next call, so a Sentinel pool can hand it
+    the new primary; a job whose write met it never fails for good."""
+    primary = RedisServer(tmp_path, name="primary", fsync="none")
+    demoted = RedisServer(tmp_path, name="demoted", fsync="none")
+    primary.start()
+    demoted.start()
+    client = redis_client(Settings(redis_url=demoted.url))
+    pipe = RedisPipe(client.connection_pool)
+    try:
+        assert await pipe.call("SET", "k", "1") == b"OK"
+        await pipe.call("CLIENT", "SETNAME", "before")
+        await client.replicaof("127.0.0.1", primary.port)
+        with pytest.raises(RedisConnectionError, match="READONLY"):
+            await pipe.call("SET", "k", "2")
+        await client.replicaof("NO", "ONE")  # promoted again: the next call reconnects
+        assert await pipe.call("SET", "k", "3") == b"OK"
+        assert await pipe.call("CLIENT", "GETNAME") is None  # a new connection
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+        demoted.stop()
+        primary.stop()

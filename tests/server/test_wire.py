@@ -12,16 +12,15 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 
-from server.realtime.outbox import Outgoing
-from server.realtime.wire import (
+from delineate.realtime.outbox import Outgoing
+from delineate.uvicorn_ext.sockets import (
     DirectSocket,
     DirectStream,
     LeanWebSocketProtocol,
-    body_chunk,
     direct_socket,
     direct_stream,
-    text_frame,
 )
+from delineate.wire import body_chunk, text_frame
 from tests.support.inprocess import serving
 
 

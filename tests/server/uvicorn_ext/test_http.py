@@ -1,0 +1,53 @@
+"""The parts of uvicorn that ``delineate.uvicorn_ext.http`` relies on are where it expects them."""
+
+import inspect
+
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from delineate.settings import Settings
+from delineate.uvicorn_ext.http import (
+    HttpLimits,
+    declared_length,
+    head_size,
+    limited_http_protocol,
+)
+
+
+def test_the_hooks_and_attributes_exist() -> None:
+    """Parser callbacks overridden, and the cycle and flow state read or set."""
+    for name in (
+        "connection_made", "connection_lost", "data_received", "handle_websocket_upgrade",
+        "on_message_begin", "on_header", "on_headers_complete", "on_body",
+        "on_message_complete",
+    ):  # fmt: skip
+        assert callable(getattr(HttpToolsProtocol, name)), name
+    cycle_init = inspect.getsource(RequestResponseCycle.__init__)
+    for attribute in (
+        "keep_alive", "response_started", "response_complete", "disconnected",
+        "message_event", "scope", "waiting_for_100_continue",
+    ):  # fmt: skip
+        assert f"self.{attribute} =" in cycle_init, attribute
+    assert "self.read_paused =" in inspect.getsource(FlowControl.__init__)
+    protocol_init = inspect.getsource(HttpToolsProtocol.__init__)
+    for attribute in ("cycle", "headers", "flow", "transport", "loop", "server_state"):
+        assert f"self.{attribute}" in protocol_init, attribute
+
+
+def test_the_protocol_class_carries_the_settings() -> None:
+    limits = HttpLimits.from_settings(Settings.from_env({"MAX_BODY_BYTES": "2048"}))
+    protocol = limited_http_protocol(limits)
+    assert issubclass(protocol, HttpToolsProtocol)
+    assert protocol.limits.max_body_bytes == 2048
+
+
+def test_declared_length_leaves_malformed_values_to_the_parser() -> None:
+    """A Content-Length is read only when it is digits; httptools refuses the rest (400)."""
+    assert declared_length([(b"host", b"x"), (b"content-length", b"2048")]) == 2048
+    assert declared_length([(b"content-length", b"-1")]) is None
+    assert declared_length([(b"content-length", b"1e9")]) is None
+    assert declared_length([(b"transfer-encoding", b"chunked")]) is None
+
+
+def test_head_size_counts_the_target_and_every_header_line() -> None:
+    assert head_size(b"/v1/ws?x=1", [(b"host", b"a"), (b"x", b"yz")]) == 10 + 9 + 7
