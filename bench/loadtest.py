@@ -212,6 +212,11 @@ def process_usage(pid: int) -> tuple[float, int]:
     return cpu, peak
 
 
+def redis_pids(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """``--redis-pid NAME=PID`` pairs."""
+    return [(name, int(pid)) for name, pid in (v.split("=", 1) for v in args.redis_pid)]
+
+
 def check_loopback(urls: list[str], allow_remote: bool) -> None:
     for url in urls:
         host = urlparse(url).hostname or ""
@@ -330,6 +335,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(SETTLE_S)
             steady["ms"] = time.time() * 1000
             steady["usage"] = {pid: process_usage(pid) for pid in args.pid}
+            steady["redis_usage"] = {name: process_usage(pid) for name, pid in redis_pids(args)}
+            steady["redis_since"] = time.monotonic()
             steady["frames"] = sum(w.received for w in watchers)
             if args.initiate_rate:
                 initiate = await start_initiate_load(urls, args)
@@ -438,6 +445,19 @@ def summarize(
                 round(steady_cpu * 1e6 / steady_frames, 1) if steady_frames else None
             )
         result["server_peak_rss_kib"] = {str(p): after[p][1] for p in after}
+    if steady_start.get("redis_usage"):
+        # Each Redis node's CPU in the steady window, per frame delivered to a subscriber
+        # (divide by subscribers per job for the cost per frame published).
+        steady_frames = frames - steady_start["frames"]
+        result["redis_cpu_us_per_frame"] = {
+            name: round((process_usage(pid)[0] - steady_start["redis_usage"][name][0])
+                        * 1e6 / steady_frames, 2) if steady_frames else None
+            for name, pid in redis_pids(args)
+        }  # fmt: skip
+        result["redis_steady"] = {
+            "seconds": round(time.monotonic() - steady_start["redis_since"], 3),
+            "frames": steady_frames,
+        }
     return result
 
 
@@ -454,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files-per-job", type=int, default=2)
     parser.add_argument("--max-seconds", type=float, default=120, help="hard stop")
     parser.add_argument("--pid", type=int, action="append", default=[], help="local server pid")
+    parser.add_argument(
+        "--redis-pid", action="append", default=[], metavar="NAME=PID",
+        help="a local Redis node whose CPU per frame to report",
+    )  # fmt: skip
     parser.add_argument("--allow-remote", action="store_true")
     parser.add_argument("--protocol", choices=sorted(SUBSCRIBERS), default="delineate")
     parser.add_argument("--rate", type=float, default=2, help="reference servers: frames/s")

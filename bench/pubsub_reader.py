@@ -24,8 +24,8 @@ import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from server.broker.redis_pubsub import PubSubConnection  # noqa: E402
-from server.stack import RedisServer  # noqa: E402
+from delineate.broker.redis_pubsub import PubSubConnection  # noqa: E402
+from delineate.devstack.stack import RedisServer  # noqa: E402
 
 PAYLOAD = b'{"type":"progress","jobId":"x","seq":1,"ts":1.0,"progress":50}' + b" " * 100
 CHANNEL = "bench"

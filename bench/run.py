@@ -15,6 +15,10 @@ while `POST /v1/download/initiate` arrives at ``--initiate-rate`` requests/s (it
 Scenario "idle": ``--idle`` (20,000) idle sockets held by Delineate's replicas while
 ``--jobs`` jobs run; reports KiB per socket and the worst event-loop lag (a 10 ms ticker).
 
+Scenario "cluster": Delineate's fan-out on one Redis primary with its replica and on a Redis
+Cluster of 3 primaries + 3 replicas (``redis_modes``), with each Redis node's CPU per delivered
+frame in the steady window (raw, and less what the node spends idle) beside the replicas' own.
+
 Prints a table (stderr) and the JSON report (stdout). Everything runs on 127.0.0.1, bounded in
 time, and is stopped by pid at the end.
 """
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +43,15 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from server.stack import Managed, RedisServer, Replica, free_port, http_ok  # noqa: E402
+from delineate.devstack.stack import (  # noqa: E402
+    Managed,
+    RedisCluster,
+    RedisServer,
+    Replica,
+    free_port,
+    http_ok,
+    wait_for,
+)
 
 SERVERS = ("delineate", "socketio", "broadcaster")
 REFERENCE_APPS = {
@@ -66,11 +79,49 @@ class ReferenceServer(Managed):
         self.wait_until(lambda: http_ok(f"{self.url}/health"), 20, f"{self.name} to answer")
 
 
+class ReplicatedRedis:
+    """One Redis primary and its replica: the one-node side of the Cluster comparison pays
+    for replication as every Cluster primary does."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.primary = RedisServer(tmp, name="redis-primary", fsync="everysec")
+        self.replica = RedisServer(
+            tmp, name="redis-replica", fsync="everysec",
+            extra=["--replicaof", "127.0.0.1", str(self.primary.port)],
+        )  # fmt: skip
+        self.url = self.primary.url
+
+    def start(self) -> None:
+        import redis
+
+        self.primary.start()
+        self.replica.start()
+        with redis.Redis(port=self.replica.port, socket_timeout=1) as client:
+            wait_for(
+                lambda: client.info("replication").get("master_link_status") == "up",
+                30,
+                "the replica to sync",
+            )
+
+    def stop(self) -> None:
+        self.replica.stop()
+        self.primary.stop()
+
+
+Redis = RedisServer | ReplicatedRedis | RedisCluster
+
+
 def start_servers(
-    kind: str, args: argparse.Namespace, tmp: Path
-) -> tuple[RedisServer, list[Managed]]:
+    kind: str, args: argparse.Namespace, tmp: Path, redis_mode: str = "single"
+) -> tuple[Redis, list[Managed]]:
+    """Redis (everysec, as compose/ runs it: see RedisServer) and the replicas. ``redis_mode``
+    "single" is one node, "replicated" a primary and its replica, "cluster" 3 + 3."""
     tmp.mkdir(parents=True, exist_ok=True)
-    redis = RedisServer(tmp, fsync="everysec")  # as compose/ runs it (see RedisServer)
+    redis: Redis = {
+        "single": lambda: RedisServer(tmp, fsync="everysec"),
+        "replicated": lambda: ReplicatedRedis(tmp),
+        "cluster": lambda: RedisCluster(tmp, fsync="everysec"),
+    }[redis_mode]()
     redis.start()
     nodes: list[Managed]
     if kind == "delineate":
@@ -103,9 +154,54 @@ def ramp_allowance(subscribers: int) -> float:
     return 3 + subscribers / 500
 
 
+def redis_roles(redis: Redis) -> list[tuple[str, int]]:
+    """(role-port, pid) of every Redis node: "primary-7001", "replica-7004"."""
+    if isinstance(redis, RedisServer):
+        return [(f"primary-{redis.port}", redis.pid or 0)]
+    if isinstance(redis, ReplicatedRedis):
+        return [
+            (f"primary-{redis.primary.port}", redis.primary.pid or 0),
+            (f"replica-{redis.replica.port}", redis.replica.pid or 0),
+        ]
+    primaries = set(redis.primary_ports())
+    return [
+        (f"{'primary' if n.port in primaries else 'replica'}-{n.port}", n.pid or 0)
+        for n in redis.nodes
+    ]
+
+
+IDLE_WINDOW_S = 5.0
+
+
+def idle_cpu_rate(roles: Sequence[tuple[str, int]]) -> dict[str, float]:
+    """Each Redis node's CPU-us per second with the replicas up and no job: the polling,
+    leases and (Cluster) the bus and replication pings, paid whatever the frame rate."""
+    from bench.loadtest import process_usage
+
+    before = {name: process_usage(pid)[0] for name, pid in roles}
+    time.sleep(IDLE_WINDOW_S)
+    return {
+        name: (process_usage(pid)[0] - before[name]) * 1e6 / IDLE_WINDOW_S for name, pid in roles
+    }
+
+
+def with_marginal(result: dict[str, Any], idle_us_per_s: dict[str, float]) -> dict[str, Any]:
+    """``result`` with each Redis node's CPU per frame less what it spends idle."""
+    steady = result.get("redis_steady") or {}
+    frames, seconds = steady.get("frames"), steady.get("seconds", 0)
+    if frames:
+        result["redis_idle_cpu_us_per_s"] = {k: round(v, 1) for k, v in idle_us_per_s.items()}
+        result["redis_cpu_us_per_frame_marginal"] = {
+            name: round(max(0.0, per_frame - idle_us_per_s[name] * seconds / frames), 2)
+            for name, per_frame in result["redis_cpu_us_per_frame"].items()
+        }
+    return result
+
+
 def fanout(
     kind: str, args: argparse.Namespace, nodes: list[Any], *, sse: bool = False,
     initiate_rate: float = 0, samples: Path | None = None,
+    redis_nodes: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:  # fmt: skip
     """One load-test run: every subscriber on WebSocket, or (``sse``) every one on SSE;
     with ``initiate_rate``, initiate requests arrive at that rate during the steady window;
@@ -125,6 +221,8 @@ def fanout(
         argv += ["--samples", str(samples)]
     for node in nodes:
         argv += ["--url", node.url, "--pid", str(node.pid)]
+    for name, pid in redis_nodes:
+        argv += ["--redis-pid", f"{name}={pid}"]
     out = subprocess.run(
         argv, capture_output=True, text=True, timeout=args.seconds * 3 + 150, check=False
     )
@@ -206,12 +304,12 @@ async def hold_idle(
     after = {n.name: rss_kib(n.pid or 0) for n in nodes}
     lag: dict[str, float] = {}
     if kind == "delineate":
-        for node in nodes:
-            loop_lag(node.url)  # a scrape resets the worst-lag window: measure the holding only
+        # The lag histogram's counts before and after: measure the holding only.
+        lag_before = {n.name: lag_buckets(n.url) for n in nodes}
         if jobs:
             await start_jobs(nodes, jobs)
         await asyncio.sleep(hold_s)
-        lag = {n.name: loop_lag(n.url) for n in nodes}
+        lag = {n.name: worst_lag_ms(lag_before[n.name], lag_buckets(n.url)) for n in nodes}
     alive = 0
     for holder in holders:
         holder.stdin.close()  # type: ignore[union-attr]
@@ -241,13 +339,30 @@ async def start_jobs(nodes: list[Any], count: int) -> None:
             (await client.post(url, json={"file_ids": [70000 + 7 * (i % 40)]})).raise_for_status()
 
 
-def loop_lag(url: str) -> float:
+def lag_buckets(url: str) -> dict[float, float]:
+    """The cumulative buckets of ``delineate_event_loop_lag_seconds`` (upper bound: count)."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("delineate_event_loop_lag_max_seconds "):
-            return round(float(line.split()[1]) * 1000, 2)
-    return -1.0
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "delineate_event_loop_lag_seconds_bucket"
+    }
+
+
+def worst_lag_ms(before: dict[float, float], after: dict[float, float]) -> float:
+    """The smallest bucket bound that holds every wake-up between two readings (the worst
+    lag, to a bucket; the last finite bound when some were beyond it); -1 without any."""
+    delta = {bound: count - before.get(bound, 0) for bound, count in after.items()}
+    total = delta.get(float("inf"), 0)
+    if not total:
+        return -1.0
+    finite = sorted(b for b in delta if b != float("inf"))
+    ceiling = next((b for b in finite if delta[b] >= total), finite[-1])
+    return round(ceiling * 1000, 2)
 
 
 def table(report: dict[str, Any]) -> str:
@@ -280,6 +395,18 @@ def table(report: dict[str, Any]) -> str:
                 f"p99 {lat.get('p99')} ms, max {lat.get('max')} ms, {load.get('errors')} errors "
                 f"(frames meanwhile: p99 {run['latency_ms']['p99']} ms, {run['lost_frames']} lost)"
             )
+    for mode, result in report.get("redis_modes", {}).items():
+        per_node = result.get("redis_cpu_us_per_frame_marginal", {})
+        primaries = {k: v for k, v in per_node.items() if k.startswith("primary")}
+        replicas = {k: v for k, v in per_node.items() if k.startswith("replica")}
+        rows.append("")
+        rows.append(
+            f"redis {mode}: {result['frames_per_second']:,.0f} frames/s, p99 "
+            f"{result['latency_ms']['p99']} ms, lost {result['lost_frames']}; replicas "
+            f"{result.get('server_cpu_us_per_frame')} us/frame; Redis us/frame (less its idle "
+            f"CPU) per primary {sorted(primaries.values())}, per Redis replica "
+            f"{sorted(replicas.values())}"
+        )
     if "idle" in report:
         idle = report["idle"]
         rows.append("")
@@ -301,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--scenario", choices=["fanout", "sse", "initiate", "idle", "all"], default="all"
+        "--scenario",
+        choices=["fanout", "sse", "initiate", "idle", "cluster", "all"],
+        default="all",
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--replicas", type=int, default=2)
@@ -314,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--idle", type=int, default=20000, help="idle sockets, idle scenario")
     parser.add_argument("--idle-per-server", type=int, default=5000, help="idle sockets per server")
+    parser.add_argument(
+        "--messages", type=int, default=3000, help="pub/sub messages, cluster scenario's reader"
+    )
     parser.add_argument(
         "--keep",
         metavar="DIR",
@@ -357,10 +489,13 @@ def main(argv: list[str] | None = None) -> int:
             runs += [("idle_per_server", kind) for kind in servers]
         if args.scenario in ("idle", "all") and "delineate" in servers:
             runs.append(("idle", "delineate"))
+        if args.scenario in ("cluster", "all") and "delineate" in servers:
+            runs += [("redis-replicated", "delineate"), ("redis-cluster", "delineate")]
         for scenario, kind in runs:
             sys.stderr.write(f"{scenario}: {kind}\n")
             run_dir = Path(tmp) / f"{scenario}-{kind}"
-            redis, nodes = start_servers(kind, args, run_dir)
+            redis_mode = scenario.split("-", 1)[1] if scenario.startswith("redis-") else "single"
+            redis, nodes = start_servers(kind, args, run_dir, redis_mode)
             # With --keep, every latency sample too ([frame ts ms, latency ms, type]).
             samples = run_dir / "latency-samples.json" if args.keep else None
             try:
@@ -376,6 +511,13 @@ def main(argv: list[str] | None = None) -> int:
                     report["initiate"] = fanout(
                         kind, args, nodes, initiate_rate=args.initiate_rate, samples=samples
                     )
+                elif scenario.startswith("redis-"):
+                    # The same fan-out on one Redis node and on a Cluster of 3 primaries (+3
+                    # replicas), each node's CPU per frame measured.
+                    roles = redis_roles(redis)
+                    idle = idle_cpu_rate(roles)
+                    result = fanout(kind, args, nodes, samples=samples, redis_nodes=roles)
+                    report.setdefault("redis_modes", {})[redis_mode] = with_marginal(result, idle)
                 elif scenario == "idle_per_server":
                     result = asyncio.run(hold_idle(kind, nodes, args.idle_per_server, 0))
                     report.setdefault("idle_per_server", {})[kind] = result
@@ -385,6 +527,13 @@ def main(argv: list[str] | None = None) -> int:
                 for node in nodes:
                     node.stop()
                 redis.stop()
+    if args.scenario in ("cluster", "all") and "delineate" in servers:
+        # The cost of one pub/sub message read (the capacity model's fan-in term).
+        out = subprocess.run(
+            [sys.executable, str(BENCH / "pubsub_reader.py"), "--messages", str(args.messages)],
+            capture_output=True, text=True, timeout=300, check=True,
+        )  # fmt: skip
+        report["pubsub_reader"] = json.loads(out.stdout)
     sys.stderr.write(table(report) + "\n")
     print(json.dumps(report, indent=2))
     return 0
