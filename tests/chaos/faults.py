@@ -238,9 +238,15 @@ class S3Proxy:
 
     async def _close(self) -> None:
         self._flowing.set()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        server, self._server = self._server, None  # a relay that starts now drops its client
+        if server is not None:
+            # Accepts under way must attach to the server before it closes: on Python 3.11 one
+            # that comes after close() fails silently and leaks its socket.
+            while accepting := [
+                t for t in asyncio.all_tasks() if "_accept_connection" in repr(t.get_coro())
+            ]:
+                await asyncio.wait(accepting)
+            server.close()
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
@@ -249,10 +255,16 @@ class S3Proxy:
         """Close, end every relay, and give the loop the turns in which aborted transports
         close their sockets (a loop stopped first leaves them to the garbage collector)."""
         await self._close()
-        relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in relays:
-            task.cancel()
-        await asyncio.gather(*relays, return_exceptions=True)
+        # Tasks are let run before any is cancelled: an accepted socket is closed only by its
+        # relay's first step (seeing the proxy down), and accepting spawns the relay task.
+        for _ in range(5):
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if not tasks:
+                break
+            _, stuck = await asyncio.wait(tasks, timeout=2)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         for _ in range(3):
             await asyncio.sleep(0)
 

@@ -58,3 +58,22 @@ def test_the_s3_proxy_stopped_while_it_connects_closes_every_socket() -> None:
                 proxy.stop()
                 gc.collect()
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+
+
+def test_the_s3_proxy_stopped_before_its_relays_ran_closes_every_socket() -> None:
+    """Connections the proxy accepted in the same loop turn as its stop: their relay tasks
+    exist but never ran, so only the proxy itself can close their sockets."""
+    with socket.socket() as target:
+        target.bind(("127.0.0.1", 0))
+        target.listen(16)
+        proxy = faults.S3Proxy(target.getsockname()[1])
+        proxy.start()
+        proxy._loop.call_soon_threadsafe(time.sleep, 0.3)  # the proxy's loop is busy...
+        clients = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(4)]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            proxy.stop()  # ...so it accepts them and stops in one go
+            gc.collect()
+        for client in clients:
+            client.close()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
