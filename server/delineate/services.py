@@ -283,6 +283,10 @@ async def running(services: Services) -> AsyncIterator[Services]:
         stack.push_async_callback(services.jobs.stop)
         monitor = asyncio.create_task(services.loop_lag.run(), name="loop-lag")
         stack.callback(monitor.cancel)
+        audits = asyncio.create_task(
+            services.hub.run_audits(services.settings.watch_audit_s), name="watch-audit"
+        )
+        stack.callback(audits.cancel)
         services.ops.start(services)
         stack.push_async_callback(services.ops.stop)
         yield services

@@ -103,6 +103,11 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     whose terminal frame went out (0 = each at once). Their terminal frames are never held:
     when many jobs end together, the closes follow them instead of delaying other frames."""
 
+    watch_audit_s: Annotated[float, msgspec.Meta(ge=0.2, le=300)] = 5.0
+    """A followed job that sent nothing for this long is read from the store: a watcher that
+    missed frames (published where this replica was not listening) catches up, and one whose
+    job the store lost ends with ``job_lost``."""
+
     idle_socket_timeout_s: Seconds = 30.0
     """A multiplexed socket that follows no job for this long is closed (4408)."""
     slow_consumer_deadline_s: Seconds = 10.0

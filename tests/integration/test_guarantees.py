@@ -282,3 +282,45 @@ async def test_a_redis_that_comes_back_empty_ends_lost_jobs_and_keeps_working(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+async def test_a_job_redis_lost_while_its_connections_stayed_up_ends_for_its_watchers(
+    redis_backend: Backend, tmp_path: Path
+) -> None:
+    """A waiting job's record vanishes from a Redis that stays up, as when a failover demotes
+    the primary it was written to: the replica's connections stay open (a demoted primary
+    still relays pub/sub), so nothing reconnects and no resync runs. Within an audit period
+    its WebSocket and SSE watchers end as job_lost instead of waiting forever."""
+    import redis
+
+    from delineate.redis import keys
+
+    env = {
+        **redis_backend.env(),
+        "JOB_CONCURRENCY": "1",
+        "DOWNLOAD_DELAY_MIN_MS": "30000",
+        "DOWNLOAD_DELAY_MAX_MS": "30000",
+        "WATCH_AUDIT_S": "0.5",
+    }
+    replica = Replica("replica", env, tmp_path)
+    replica.start()
+    try:
+        async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+            _running, waiting = [(await initiate(http, [70000]))["jobId"] for _ in range(2)]
+        watchers = [
+            asyncio.create_task(ws_frames(f"{replica.ws_url}/v1/download/subscribe/{waiting}")),
+            asyncio.create_task(follow_sse(replica.url, f"/v1/download/stream/{waiting}")),
+        ]
+        await asyncio.sleep(1)
+        with redis.Redis(port=redis_backend.redis.port) as client:
+            assert client.delete(keys.job(waiting)) == 1
+            client.delete(keys.job_history(waiting))
+        for frames in await asyncio.gather(*watchers):
+            assert ended_as_lost(frames), frames[-3:]
+    finally:
+        replica.stop()
+
+
+async def ws_frames(url: str) -> list[dict[str, Any]]:
+    """Well before the running job's 30 s end frees the worker for the waiting one."""
+    return (await ws_collect(url, timeout=15)).frames

@@ -15,6 +15,11 @@ whose job moves to a new epoch (the store lost its history or seq), gets a ``rec
 snapshot of the new epoch and every frame after it: its old seqs mean nothing there. A job
 the store no longer has at all ends for its watchers as failed (``job_lost``): ``on_lost``
 writes that, and the frame reaches them like any other.
+
+Pub/sub delivers at most once, and only from the node this replica listens to. ``audit``
+is the net under it: a job that sent its watchers nothing for a while is read from the
+store, and a watcher behind it catches up (frames published where this replica was not
+listening, e.g. on a primary that a failover then demoted) or ends (the store lost the job).
 """
 
 from __future__ import annotations
@@ -85,11 +90,15 @@ class Watch:
 
 
 class _Channel:
-    __slots__ = ("ready", "watches")
+    __slots__ = ("audited", "heard", "ready", "watches")
 
     def __init__(self) -> None:
         self.watches: set[Watch] = set()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.heard = 0
+        """Messages delivered; a count (not a clock) keeps the delivery path cheap."""
+        self.audited = -1
+        """``heard`` at the last audit: unchanged since, the channel was silent a period."""
 
 
 class Hub:
@@ -109,6 +118,7 @@ class Hub:
         channel = self._channels.get(job_id)
         if channel is None:
             return
+        channel.heard += 1
         if b"\n" not in payload:
             item = _outgoing(job_id, payload)
             for watch in channel.watches:
@@ -162,6 +172,39 @@ class Hub:
                 last = watch.sequencer.last_seq
                 since = None if last < 0 else Since(watch.epoch, last)
                 await self._catch_up(watch, since)
+
+    async def audit(self) -> None:
+        """Read each job that was silent since the last audit from the store; its watchers
+        that are behind it catch up from history (or get a ``recovered=false`` snapshot),
+        and if the store no longer has it they end as ``job_lost``."""
+        for job_id, channel in list(self._channels.items()):
+            silent, channel.audited = channel.audited == channel.heard, channel.heard
+            if not silent or not channel.ready.done():
+                continue
+            try:
+                snapshot = await self._snapshot_of(job_id)
+            except NotFound:
+                snapshot = None
+            except BackendUnavailable:
+                return  # the store is away: the next audit tries again
+            for watch in list(channel.watches):
+                if watch.sequencer.catching_up or not _behind(watch, snapshot):
+                    continue
+                log.info("watch of job %s was behind the store; catching up", job_id)
+                watch.sequencer.restart()
+                last = watch.sequencer.last_seq
+                try:
+                    await self._catch_up(watch, None if last < 0 else Since(watch.epoch, last))
+                except BackendUnavailable:
+                    self._spawn(self._move_soon(watch))  # it holds live frames: retry soon
+
+    async def run_audits(self, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self.audit()
+            except Exception:
+                log.warning("watch audit failed; the next one tries again", exc_info=True)
 
     def _move(self, watch: Watch) -> None:
         """The watch's job moved to a new epoch: hold its live frames, then send it a
@@ -262,6 +305,13 @@ class Hub:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("hub task failed", exc_info=task.exception())
+
+
+def _behind(watch: Watch, snapshot: JobSnapshot | None) -> bool:
+    """The store (``None``: it lost the job) has moved past what the watcher saw."""
+    if snapshot is None:
+        return True
+    return snapshot.epoch != watch.epoch or snapshot.seq > watch.sequencer.last_seq
 
 
 def _outgoing(job_id: str, payload: bytes) -> Outgoing:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import pytest
 
 from delineate.broker.base import Broker
+from delineate.errors import NotFound
 from delineate.realtime.hub import Hub
 from delineate.realtime.outbox import Outbox, Outgoing
 from delineate.realtime.resume import Since
@@ -28,12 +29,27 @@ class Job:
         self.seq = 0
         self.while_snapshot_read: Callable[[], Awaitable[object]] | None = None
         """Runs once, inside the next snapshot read: frames published meanwhile."""
+        self.deaf = False
+        """Frames published now never reach this replica (pub/sub lost them on the way)."""
+        self.gone = False
+        """The store lost the job: reads answer NotFound until ``lose`` writes its end."""
+        self.reads = 0
+        self.status, self.epoch = JobStatus.PROCESSING, EPOCH
+        self.lost: list[tuple[str, str | None]] = []
 
     async def snapshot(self, job_id: str) -> JobSnapshot:
+        self.reads += 1
         meanwhile, self.while_snapshot_read = self.while_snapshot_read, None
         if meanwhile is not None:
             await meanwhile()
-        return JobSnapshot(job_id=job_id, status=JobStatus.PROCESSING, seq=self.seq, epoch=EPOCH)
+        if self.gone:
+            raise NotFound("no such job")
+        return JobSnapshot(job_id=job_id, status=self.status, seq=self.seq, epoch=self.epoch)
+
+    async def lose(self, job_id: str, owner: str | None) -> None:
+        """The hub's ``on_lost``: the job's tombstone, failed, in a new epoch."""
+        self.lost.append((job_id, owner))
+        self.gone, self.status, self.epoch, self.seq = False, JobStatus.FAILED, "e2", 1
 
     async def save(self) -> int:
         """The record at the next seq; its frame is not published yet."""
@@ -62,8 +78,13 @@ class Job:
 async def hub_job(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Hub, Job]]:
     async with broker_of(request.param, request, history_max_frames=1000) as broker:
         job = Job(broker)
-        hub = Hub(broker, job.snapshot)
-        await broker.start(hub.deliver, lambda payload: None, hub.resync)
+        hub = Hub(broker, job.snapshot, on_lost=job.lose)
+
+        def deliver(job_id: str, payload: bytes) -> None:
+            if not job.deaf:
+                hub.deliver(job_id, payload)
+
+        await broker.start(deliver, lambda payload: None, hub.resync)
         yield hub, job
         await broker.stop()
 
@@ -178,3 +199,66 @@ async def test_frames_published_together_reach_a_watcher_in_one_direct_write(
     hub.deliver(JOB, frame(3))
     # fresh: its snapshot (seq 0), then both frames in one write; resumed at 1: frame 2 only
     assert writes == {"fresh": [[0], [1, 2], [3]], "resumed": [[2], [3]]}
+
+
+async def test_frames_this_replica_never_heard_reach_its_watcher_at_the_next_audit(
+    hub_job: tuple[Hub, Job],
+) -> None:
+    """Frames published where this replica was not listening (pub/sub lost them, or they
+    went to a primary a failover then demoted) reach the watcher from history once the job
+    was silent for an audit period, as themselves."""
+    hub, job = hub_job
+    box = Outbox(limit=64)
+    await hub.watch(JOB, Since(EPOCH, 0), box)
+    await job.emit()
+    assert await received(box, 1) == [1]
+    job.deaf = True
+    await job.emit_two()
+    job.deaf = False
+    await hub.audit()  # the channel heard frame 1 since it was made: not silent yet
+    await asyncio.sleep(0.05)
+    assert len(box) == 0
+    await hub.audit()
+    assert await received_items(box, 2) == [(2, "progress"), (3, "progress")]
+
+
+async def test_a_job_that_keeps_sending_frames_is_not_read_again(
+    hub_job: tuple[Hub, Job],
+) -> None:
+    """The audit costs a store read only for a job that was silent a whole period; one that
+    is up to date sends its watcher nothing more."""
+    hub, job = hub_job
+    box = Outbox(limit=64)
+    await hub.watch(JOB, Since(EPOCH, 0), box)
+    reads = job.reads
+    for _ in range(3):
+        await hub.audit()
+        await job.emit()
+    assert job.reads == reads
+    assert await received(box, 3) == [1, 2, 3]
+    await hub.audit()  # frame 3 came in since the last audit
+    await hub.audit()  # silent a period: read, and nothing is missing
+    assert job.reads == reads + 1
+    await asyncio.sleep(0.05)
+    assert len(box) == 0
+
+
+async def test_a_job_the_store_lost_ends_its_watchers_at_the_next_audit(
+    hub_job: tuple[Hub, Job],
+) -> None:
+    """The store lost the job without this replica's connections noticing (no reconnect, so
+    no resync): the audit finds it gone, ``on_lost`` writes its end, and the watcher gets
+    that end rather than waiting forever."""
+    hub, job = hub_job
+    box = Outbox(limit=64)
+    await hub.watch(JOB, Since(EPOCH, 0), box, owner="alice")
+    await job.emit()
+    assert await received(box, 1) == [1]
+    job.gone = True
+    await hub.audit()
+    await hub.audit()
+    assert job.lost == [(JOB, "alice")]
+    async with asyncio.timeout(5):
+        end = await box.get()
+    assert end is not None
+    assert (end.type, end.epoch, end.terminal) == ("snapshot", "e2", True)
