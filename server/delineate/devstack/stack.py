@@ -164,7 +164,11 @@ class RedisServer(Managed):
     ``kill -9`` of Redis loses nothing; ``"everysec"`` is Redis's default and the compose
     file's: the bench uses it, since a synced write blocks every client of that Redis for as
     long as the disk takes. ``"none"`` keeps nothing: a restart comes back empty (the fault
-    tests)."""
+    tests).
+
+    The settings live in a config file that Redis may rewrite (``CONFIG REWRITE``, which
+    Sentinel runs after it re-points a node), so a restarted node comes back in the role it
+    last had, as one run from its config file by a service manager does."""
 
     def __init__(
         self,
@@ -180,10 +184,13 @@ class RedisServer(Managed):
         persistence = ["--appendonly", "no"] if fsync == "none" else [
             "--appendonly", "yes", "--appendfsync", fsync,
         ]  # fmt: skip
-        argv = [
-            require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.dir), "--save", "", *persistence, *(extra or []),
+        options = [
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", f'"{self.dir}"',
+            "--save", '""', *persistence, *(extra or []),
         ]  # fmt: skip
+        self.config = log_dir / f"{name}.conf"  # beside the data: a wipe keeps it
+        self.config.write_text(config_lines(options))
+        argv = [require("redis-server"), str(self.config)]
         super().__init__(name, argv, dict(os.environ), log_dir)
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
@@ -196,6 +203,17 @@ class RedisServer(Managed):
             self.wait_until(client.ping, 15, "redis-server to answer PING")
         finally:
             client.close()
+
+
+def config_lines(options: list[str]) -> str:
+    """``["--port", "1", "--replicaof", "h", "2"]`` as redis.conf lines."""
+    lines: list[list[str]] = []
+    for token in options:
+        if token.startswith("--"):
+            lines.append([token[2:]])
+        else:
+            lines[-1].append(token)
+    return "".join(" ".join(line) + "\n" for line in lines)
 
 
 def _redis_cli(*args: str, timeout: float = 60) -> str:
