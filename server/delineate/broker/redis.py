@@ -36,7 +36,6 @@ from redis.exceptions import RedisError, ResponseError
 from delineate.backoff import full_jitter
 from delineate.broker.base import Broker, Deliver, History, OnSignal, Resync
 from delineate.broker.redis_pubsub import PubSubConnection, PubSubReply
-from delineate.errors import BackendUnavailable
 from delineate.redis import keys as keys
 from delineate.redis.client import is_cluster, without_retries
 from delineate.redis.errors import unavailable_on_disconnect
@@ -162,6 +161,8 @@ class RedisBroker(Broker):
                 await self._pump()
             except (RedisError, OSError) as exc:
                 log.warning("redis pub/sub connection lost: %s", exc)
+            except Exception:  # a bug must not leave the replica deaf for good
+                log.exception("redis pub/sub reader failed; reconnecting")
             await self._close_pubsub()
             await self._reconnect()
 
@@ -235,7 +236,7 @@ class RedisBroker(Broker):
             if self._resync is not None:
                 try:
                     await self._resync()
-                except (RedisError, OSError, BackendUnavailable):
+                except Exception:  # whatever it was, the listener lives on and tries again
                     log.warning("resync after reconnect failed; retrying", exc_info=True)
                     await self._close_pubsub()
                     continue

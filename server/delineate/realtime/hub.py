@@ -151,6 +151,8 @@ class Hub:
             outbox.put(preamble)
         if not watch.caught_up(replay):
             self._move(watch)
+        elif since is not None and _resumed_at_the_end(replay, since):
+            outbox.put(replay[1][-1][1])  # it has every frame; its end again ends its stream
         return watch
 
     def unwatch(self, watch: Watch) -> None:
@@ -171,7 +173,13 @@ class Hub:
                 watch.sequencer.restart()
                 last = watch.sequencer.last_seq
                 since = None if last < 0 else Since(watch.epoch, last)
-                await self._catch_up(watch, since)
+                try:
+                    await self._catch_up(watch, since)
+                except BackendUnavailable:
+                    raise  # the broker runs the whole resync again
+                except Exception:  # one job's trouble must not stall every other watch
+                    log.warning("watch of job %s did not catch up", watch.job_id, exc_info=True)
+                    self._spawn(self._move_soon(watch))
 
     async def audit(self) -> None:
         """Read each job that was silent since the last audit from the store; its watchers
@@ -195,7 +203,7 @@ class Hub:
                 last = watch.sequencer.last_seq
                 try:
                     await self._catch_up(watch, None if last < 0 else Since(watch.epoch, last))
-                except BackendUnavailable:
+                except Exception:
                     self._spawn(self._move_soon(watch))  # it holds live frames: retry soon
 
     async def run_audits(self, period_s: float) -> None:
@@ -221,9 +229,13 @@ class Hub:
             try:
                 await self._catch_up(watch, Since(None, -1))
                 return
-            except BackendUnavailable:
+            except Exception as exc:  # the store away, or a lost job's end not written yet
+                log.info("moving the watch of job %s: %r; trying again", watch.job_id, exc)
                 await asyncio.sleep(full_jitter(attempt, base=0.1, cap=2.0))
-        log.warning("watch of job %s not moved to its new epoch; a resync will", watch.job_id)
+        # It holds live frames and cannot be brought up to date: close its connection (as a
+        # slow consumer's, 1013) so its client resumes from where it is, on any replica.
+        log.warning("watch of job %s could not be brought up to date; closing it", watch.job_id)
+        watch.outbox.abandon()
 
     async def _catch_up(self, watch: Watch, since: Since | None) -> None:
         try:
@@ -271,6 +283,8 @@ class Hub:
         lost = [(snapshot.seq, self._snapshot_item(snapshot, recovered=False))]
         if since.seq < 0 or (since.epoch is not None and since.epoch != epoch):
             return epoch, lost
+        if snapshot.status.is_terminal and since.seq >= snapshot.seq:
+            return epoch, [(snapshot.seq, self._snapshot_item(snapshot, recovered=True))]
         history = await self._broker.history(job_id, since.seq)
         items = [(seq, _outgoing(job_id, payload)) for seq, payload in history.frames]
         ended = snapshot.status.is_terminal
@@ -305,6 +319,13 @@ class Hub:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("hub task failed", exc_info=task.exception())
+
+
+def _resumed_at_the_end(replay: Replay, since: Since) -> bool:
+    """The replay is the ended job's snapshot at or before ``since``: the sequencer drops it
+    as seen, but the watcher must still hear that nothing more will come."""
+    items = replay[1]
+    return len(items) == 1 and items[0][1].terminal and items[0][0] <= since.seq
 
 
 def _behind(watch: Watch, snapshot: JobSnapshot | None) -> bool:

@@ -201,6 +201,11 @@ class Outbox:
                 return True
         return False
 
+    def abandon(self) -> None:
+        """Close the connection as a slow consumer's (its client resumes with ``since``):
+        for a watch the hub cannot bring up to date."""
+        self._overflow()
+
     def _overflow(self) -> None:
         self.overflowed = True
         self._items.clear()

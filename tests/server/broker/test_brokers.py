@@ -26,6 +26,7 @@ class Recorder:
         self.frames: list[tuple[str, bytes]] = []
         self.signals: list[bytes] = []
         self.resyncs = 0
+        self.failing_resyncs = 0
         self.changed = asyncio.Event()
 
     def deliver(self, job_id: str, payload: bytes) -> None:
@@ -39,6 +40,8 @@ class Recorder:
     async def resync(self) -> None:
         self.resyncs += 1
         self.changed.set()
+        if self.resyncs <= self.failing_resyncs:
+            raise RuntimeError("a resync that failed in a way nobody planned for")
 
     async def wait(self, predicate: object, timeout: float = 10) -> None:
         async with asyncio.timeout(timeout):
@@ -197,6 +200,28 @@ async def test_redis_listener_resyncs_when_its_connection_is_cut(redis_server: R
         assert await client.client_kill_filter(_type="pubsub") == 1
         await recorder.wait(lambda: recorder.resyncs == 1)
         assert broker.reconnects == 1
+        await publish(broker, 1)
+        await recorder.wait(lambda: len(recorder.frames) == 1)
+    finally:
+        await broker.stop()
+        await client.aclose()
+
+
+async def test_redis_listener_lives_on_when_a_resync_fails_unexpectedly(
+    redis_server: RedisServer,
+) -> None:
+    """A resync that raises what nobody planned for (a bug, a store error of another kind)
+    is retried; the listener does not die with it, leaving the replica deaf while its
+    health check logs "silent" forever (seen in a Sentinel chaos run)."""
+    recorder = Recorder()
+    recorder.failing_resyncs = 1
+    client = redis_client(Settings(redis_url=redis_server.url))
+    broker = RedisBroker(client, history_max_frames=16, retention_s=60)
+    await broker.start(recorder.deliver, recorder.on_signal, recorder.resync)
+    try:
+        await broker.subscribe(JOB)
+        assert await client.client_kill_filter(_type="pubsub") == 1
+        await recorder.wait(lambda: recorder.resyncs == 2)
         await publish(broker, 1)
         await recorder.wait(lambda: len(recorder.frames) == 1)
     finally:

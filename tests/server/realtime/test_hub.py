@@ -11,6 +11,7 @@ import pytest
 
 from delineate.broker.base import Broker
 from delineate.errors import NotFound
+from delineate.realtime import hub as hub_module
 from delineate.realtime.hub import Hub
 from delineate.realtime.outbox import Outbox, Outgoing
 from delineate.realtime.resume import Since
@@ -36,6 +37,8 @@ class Job:
         self.reads = 0
         self.status, self.epoch = JobStatus.PROCESSING, EPOCH
         self.lost: list[tuple[str, str | None]] = []
+        self.stays_lost = False
+        """Its end cannot be written either (the store refuses, or is split)."""
 
     async def snapshot(self, job_id: str) -> JobSnapshot:
         self.reads += 1
@@ -49,7 +52,8 @@ class Job:
     async def lose(self, job_id: str, owner: str | None) -> None:
         """The hub's ``on_lost``: the job's tombstone, failed, in a new epoch."""
         self.lost.append((job_id, owner))
-        self.gone, self.status, self.epoch, self.seq = False, JobStatus.FAILED, "e2", 1
+        if not self.stays_lost:
+            self.gone, self.status, self.epoch, self.seq = False, JobStatus.FAILED, "e2", 1
 
     async def save(self) -> int:
         """The record at the next seq; its frame is not published yet."""
@@ -262,3 +266,42 @@ async def test_a_job_the_store_lost_ends_its_watchers_at_the_next_audit(
         end = await box.get()
     assert end is not None
     assert (end.type, end.epoch, end.terminal) == ("snapshot", "e2", True)
+
+
+async def test_a_watcher_resuming_at_the_end_of_an_ended_job_hears_the_end_again(
+    hub_job: tuple[Hub, Job],
+) -> None:
+    """A client that resumes from the job's terminal seq has every frame, but it must hear
+    that nothing more will come (its socket or stream then ends) instead of waiting forever:
+    it gets the ended job's snapshot, once."""
+    hub, job = hub_job
+    for _ in range(3):
+        await job.emit()
+    job.status = JobStatus.COMPLETED
+    box = Outbox(limit=64)
+    await hub.watch(JOB, Since(EPOCH, 3), box)
+    async with asyncio.timeout(5):
+        end = await box.get()
+    assert end is not None
+    assert (end.seq, end.type, end.terminal) == (3, "snapshot", True)
+    assert '"recovered":true' in end.text
+    await asyncio.sleep(0.05)
+    assert len(box) == 0
+
+
+async def test_a_watch_that_cannot_be_brought_up_to_date_is_closed_for_its_client_to_resume(
+    hub_job: tuple[Hub, Job], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store lost the job and its end cannot be written: rather than hold the watcher's
+    frames forever, the hub closes its connection (as a slow consumer's) after a few tries,
+    so the client resumes and hears what the store says then."""
+    monkeypatch.setattr(hub_module, "MOVE_TRIES", 2)
+    hub, job = hub_job
+    box = Outbox(limit=64)
+    await hub.watch(JOB, Since(EPOCH, 0), box, owner="alice")
+    job.gone = job.stays_lost = True
+    await hub.audit()
+    await hub.audit()
+    async with asyncio.timeout(10):
+        assert await box.get() is None  # the connection's writer stops and closes it
+    assert box.overflowed
