@@ -116,6 +116,8 @@ def bundles(trial: Trial) -> Iterator[Violation]:
         if forgiven(trial, job) or status not in TERMINAL:
             continue
         zips = [key for key in job.bundles if key.endswith(".zip")]
+        if status == "completed" and job.terminal_at and undoable(trial, job.terminal_at):
+            continue  # ended in a split brain: an attempt may have acted on discarded answers
         if status == "completed":
             if len(zips) != 1 or len(job.bundles) != 1:
                 yield Violation(

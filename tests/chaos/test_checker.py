@@ -109,6 +109,20 @@ def test_a_completed_job_needs_exactly_one_bundle_that_downloads() -> None:
     assert "bundle" not in found(trial(jobs=[completed_job()]))
 
 
+def test_a_job_that_completed_while_a_failover_settled_is_not_held_to_its_bundle() -> None:
+    """Split brain: an attempt told "fenced" by the old primary (whose writes the group
+    then discards) removes its bundle, while the new primary keeps its completion. Redis
+    without min-replicas-to-write cannot promise more; a job that ended after the window
+    still needs its one bundle."""
+    broken = completed_job()
+    broken.download_ok, broken.download_detail = False, "404"
+    history = trial(jobs=[broken])
+    history.wipes = [10.0, 30.0]
+    assert "bundle" not in found(history)
+    history.wipes = [5.0, 8.0]
+    assert "bundle" in found(history)
+
+
 @pytest.mark.parametrize("status", ["cancelled", "failed"])
 def test_a_cancelled_or_failed_job_leaves_no_object(status: str) -> None:
     job = completed_job()
