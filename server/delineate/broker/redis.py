@@ -177,16 +177,18 @@ class RedisBroker(Broker):
         listener reconnects and resyncs."""
         while True:
             await asyncio.sleep(self._health_interval_s)
-            pubsub = self._pubsub
-            if pubsub is None:
-                continue
-            if pubsub.silent_since_ping():
-                log.warning("redis pub/sub connection silent for %.0fs", self._health_interval_s)
+            for name, pubsub in self._listening():
+                if pubsub.silent_since_ping():
+                    log.warning("redis %s silent for %.0fs", name, self._health_interval_s)
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()
+                    break  # the listener reconnects them all
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-                continue
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.ping()
+                    await pubsub.ping()
+
+    def _listening(self) -> list[tuple[str, PubSubConnection]]:
+        """The connections the listener reads, named for the log."""
+        return [] if self._pubsub is None else [("pub/sub connection", self._pubsub)]
 
     def _handle(self, reply: PubSubReply) -> None:
         if not isinstance(reply, list):

@@ -135,18 +135,9 @@ class ShardedRedisBroker(RedisBroker):
             for reply in await pubsub.read():
                 self._handle(reply)
 
-    async def _watch_health(self) -> None:
-        """The base broker's health PING, on every shard connection."""
-        while True:
-            await asyncio.sleep(self._health_interval_s)
-            for name, pubsub in list(self._shards.items()):
-                if pubsub.silent_since_ping():
-                    log.warning("redis shard %s silent for %.0fs", name, self._health_interval_s)
-                    with contextlib.suppress(RedisError, OSError):
-                        await pubsub.aclose()
-                    break
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.ping()
+    def _listening(self) -> list[tuple[str, PubSubConnection]]:
+        """The base broker's health PING goes to every shard connection."""
+        return [(f"shard {name}", pubsub) for name, pubsub in self._shards.items()]
 
     def _handle(self, reply: PubSubReply) -> None:
         if not isinstance(reply, list):
