@@ -12,6 +12,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from tests.support.processes import Replica, ReplicaGroup, require_binary
 
 # As the machine notes advise: no sandbox as root, and no background traffic to the internet.
+SLOW = {"DOWNLOAD_DELAY_MIN_MS": "25000", "DOWNLOAD_DELAY_MAX_MS": "25000"}
+"""Jobs that outlast a test: cards stay in their running state while the test looks."""
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Page, Route
 
 from tests.web.conftest import (
+    SLOW,
     EmbeddedFactory,
     shot_path,
     start_download,
@@ -20,7 +21,6 @@ from tests.web.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-SLOW = {"DOWNLOAD_DELAY_MIN_MS": "25000", "DOWNLOAD_DELAY_MAX_MS": "25000"}
 
 
 def card(job_id: str) -> str:

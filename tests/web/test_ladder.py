@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import Page, Route, WebSocketRoute
 
 from tests.web.conftest import (
+    SLOW,
     EmbeddedFactory,
     shot_path,
     start_download,
@@ -18,7 +19,6 @@ from tests.web.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-SLOW = {"DOWNLOAD_DELAY_MIN_MS": "25000", "DOWNLOAD_DELAY_MAX_MS": "25000"}
 # Every text the transport pill shows, in order (a MutationObserver set up before the page runs).
 RECORD_PILL = """
 window.__pill = [];
