@@ -205,12 +205,16 @@ class FrameWriter:
             self._session.sent(item)
         if last.terminal:
             assert self._closes is not None
+            socket.hold_reading()
             self._closes.schedule(lambda: socket.close(CLOSE_NORMAL, JOB_FINISHED))
         return True
 
     async def close_turn(self) -> None:
-        """Wait for this socket's turn to close after its terminal frame."""
+        """Wait for this socket's turn to close after its terminal frame (what the client
+        sends meanwhile, its own close included, is read then)."""
         assert self._closes is not None, "a socket that stays open after terminal frames"
+        if self._socket is not None:
+            self._socket.hold_reading()
         await self._closes.turn()
 
     async def send(self, item: Outgoing) -> None:

@@ -68,6 +68,16 @@ class DirectSocket:
         protocol.transport.write(frame)
         return True
 
+    def hold_reading(self) -> None:
+        """Leave what the client sends unread until this connection's close (``send_close``
+        reads again). After a terminal frame a client that closes first would otherwise
+        have its close handled at once: thousands of them when many jobs end together,
+        ahead of other jobs' last frames. Held, each is answered on its paced turn."""
+        protocol = self._protocol
+        if not protocol.read_paused and not protocol.transport.is_closing():
+            protocol.read_paused = True
+            protocol.transport.pause_reading()
+
     def close(self, code: int, reason: str) -> bool:
         """Send the close frame and do what uvicorn does for an ASGI ``websocket.close``:
         the app's next ``receive`` is the disconnect; the connection ends when the client

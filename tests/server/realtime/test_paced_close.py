@@ -68,3 +68,36 @@ async def test_terminal_frames_go_out_together_and_the_closes_follow_one_by_one(
     closes = served.services.closes
     assert closes.paced >= 2  # three sockets and a stream closed, one a second
     assert len(closes) == 0
+
+
+async def test_clients_that_close_on_the_terminal_frame_are_answered_on_their_turns(
+    tmp_path: Path,
+) -> None:
+    """A client that closes as soon as the terminal frame arrives (the ``websockets``
+    library's ``close()``) is not answered at once: after a terminal frame the server leaves
+    the socket unread until its paced close, so thousands of clients closing together
+    cannot crowd out other jobs' last frames. Each client's handshake ends with the
+    server's own close (1000, "job finished"), not an echo of its own."""
+    settings = Settings(
+        data_dir=str(tmp_path),
+        download_delay_min_ms=1_000,
+        download_delay_max_ms=1_000,
+        close_rate=1,
+    )
+    async with running_app(settings) as served:
+        job_id = await served.initiate([70000])
+        url = f"{served.ws_url}v1/download/subscribe/{job_id}"
+        sockets = [await connect(url, close_timeout=20) for _ in range(3)]
+
+        async def close_on_terminal(socket: ClientConnection) -> tuple[int | None, str | None]:
+            await until_terminal(socket)
+            await socket.close(1000, "client done")
+            return socket.close_code, socket.close_reason
+
+        try:
+            closes = await asyncio.wait_for(asyncio.gather(*map(close_on_terminal, sockets)), 30)
+        finally:
+            for socket in sockets:
+                await socket.close()
+    assert closes == [(1000, "job finished")] * 3
+    assert served.services.closes.paced >= 2
