@@ -24,6 +24,7 @@ from urllib.parse import urljoin
 
 import httpx
 import msgspec
+from websockets.asyncio.client import ClientConnection
 
 from delineate_client.auth import Credentials, TokenSource
 from delineate_client.backoff import Backoff
@@ -45,6 +46,19 @@ Job = InitiateResponse
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 DownloadProgress = Callable[[int, int | None], None]
 """Called with (bytes on disk, total bytes or None) as a download proceeds."""
+
+
+LINGER_S = 10.0
+"""How long a socket whose job ended waits for the server's close before closing itself."""
+CLOSE_GRACE_S = 1.0
+"""How long ``aclose`` gives those sockets to finish their closing handshake."""
+
+
+async def _server_close(ws: ClientConnection) -> None:
+    try:
+        await asyncio.wait_for(ws.wait_closed(), LINGER_S)
+    except TimeoutError:
+        await ws.close()
 
 
 class AsyncClient:
@@ -82,6 +96,7 @@ class AsyncClient:
         self.poll_interval = poll_interval
         self.retries = retries
         self.on_state = on_state
+        self._lingering: dict[ClientConnection, asyncio.Task[None]] = {}
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -91,6 +106,33 @@ class AsyncClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._let_go_now()
+
+    def linger(self, ws: ClientConnection) -> None:
+        """A single-job socket whose terminal frame arrived: the server closes it next (paced
+        when many jobs end at once), so wait for that in the background, up to LINGER_S,
+        then close it from this side. The client that closes first makes the server answer
+        every close at once, ahead of other jobs' last frames; this way the server goes
+        first, as RFC 6455 (7.1.1) asks, and the caller does not wait for either."""
+        task = asyncio.ensure_future(_server_close(ws))
+        self._lingering[ws] = task
+        task.add_done_callback(lambda _: self._lingering.pop(ws, None))
+
+    async def _let_go_now(self) -> None:
+        """``aclose``: close the sockets still waiting for the server's close, from this
+        side, for at most CLOSE_GRACE_S; then drop what is left."""
+        if not self._lingering:
+            return
+        sockets = list(self._lingering)
+        for task in self._lingering.values():
+            task.cancel()
+        closes = [asyncio.ensure_future(ws.close()) for ws in sockets]
+        _, late = await asyncio.wait(closes, timeout=CLOSE_GRACE_S)
+        for close in late:
+            close.cancel()
+        for ws in sockets:
+            if ws.transport is not None and not ws.transport.is_closing():
+                ws.transport.abort()
 
     # --- the job API -------------------------------------------------------------------
 

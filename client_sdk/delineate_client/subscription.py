@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import msgspec
 from httpx_sse import EventSource, ServerSentEvent
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
@@ -222,13 +222,13 @@ class Subscription:
             return self._sse()
         return self._polling()
 
-    async def _websocket(self) -> AsyncGenerator[Received, None]:
+    def _websocket(self) -> AsyncGenerator[Received, None]:
+        # The socket's own generator, not one wrapping it: every frame passes through each
+        # generator layer, and a client follows thousands of frames.
         at = self.cursor.position
         query = f"?since={at}" if at is not None else ""
         url = self.client.ws_url(f"/v1/download/subscribe/{self.job_id}{query}")
-        async with contextlib.aclosing(_socket(self.client, url)) as ws_frames:
-            async for frame in ws_frames:
-                yield frame
+        return _socket_messages(self.client, url, [], lingers=True)
 
     async def _sse(self) -> AsyncGenerator[Received, None]:
         headers = await self.client.credentials.headers(fresh=True)
@@ -304,24 +304,19 @@ def _connect_options(client: AsyncClient, url: str) -> dict[str, Any]:
     return options
 
 
-async def _socket(client: AsyncClient, url: str) -> AsyncGenerator[Received, None]:
-    """Frames a WebSocket carries, with the SDK's error mapping."""
-    async with contextlib.aclosing(_socket_messages(client, url, [])) as messages:
-        async for message in messages:
-            yield message
-
-
 async def _socket_messages(
-    client: AsyncClient, url: str, opening: list[str]
+    client: AsyncClient, url: str, opening: list[str], *, lingers: bool = False
 ) -> AsyncGenerator[Received, None]:
-    """Connect (a fresh token), send ``opening``, then yield the job frames that arrive."""
+    """Connect (a fresh token), send ``opening``, then yield the job frames that arrive,
+    with the SDK's error mapping; an error message becomes the matching exception.
+
+    ``lingers``: the server closes this socket after the job's terminal frame (a
+    single-job socket). From that frame on the connection is the client's to let go
+    (``AsyncClient.linger``): the server closes it on its turn, as RFC 6455 (7.1.1) asks,
+    and the consumer does not wait for that."""
     headers = await client.credentials.headers(fresh=True)
     try:
-        async with connect(url, additional_headers=headers, **_connect_options(client, url)) as ws:
-            for text in opening:
-                await ws.send(text)
-            async for frame in _frames_of(ws):
-                yield frame
+        ws = await connect(url, additional_headers=headers, **_connect_options(client, url))
     except InvalidStatus as exc:
         _refused(exc)
         if exc.response.status_code >= 500:  # a replica restarting: retry, same transport
@@ -334,20 +329,29 @@ async def _socket_messages(
         raise TransportUnavailable(f"WebSocket handshake failed: {exc}") from exc
     except InvalidHandshake as exc:
         raise TransportUnavailable(f"WebSocket handshake failed: {exc}") from exc
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionLost(str(exc)) from exc
+    let_go = False
+    try:
+        for text in opening:
+            await ws.send(text)
+        async for raw in ws:
+            message = decode_server_message(raw)
+            if isinstance(message, ErrorMessage):
+                if message.code == "backend_unavailable":  # Redis failing over: try again
+                    raise ConnectionLost(message.message)
+                raise _job_error(message)
+            if isinstance(message, AckMessage | PongMessage):
+                continue
+            if lingers and not let_go and is_terminal(message):
+                let_go = True
+                client.linger(ws)
+            yield message
     except (ConnectionClosed, OSError, TimeoutError) as exc:
         raise ConnectionLost(str(exc)) from exc
-
-
-async def _frames_of(ws: ClientConnection) -> AsyncGenerator[Received, None]:
-    """The job frames a socket carries; an error message becomes the matching exception."""
-    async for raw in ws:
-        message = decode_server_message(raw)
-        if isinstance(message, ErrorMessage):
-            if message.code == "backend_unavailable":  # Redis failing over: try again
-                raise ConnectionLost(message.message)
-            raise _job_error(message)
-        if not isinstance(message, AckMessage | PongMessage):
-            yield message
+    finally:
+        if not let_go:
+            await ws.close()
 
 
 def _job_error(message: ErrorMessage) -> DelineateError:
