@@ -32,6 +32,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,7 +44,10 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sseclient import open_sse
-from wsclient import WsConnection, open_ws
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
+from wsclient import open_ws
 
 
 class Header(msgspec.Struct):
@@ -76,22 +80,42 @@ class Watcher:
         self.error: str | None = None
 
     def frame(self, raw: str | bytes) -> bool:
-        """Record one frame; True once the job's terminal frame arrived."""
-        now = time.time() * 1000
+        """Record one frame off the wire; True once the job's terminal frame arrived."""
         header = decode_header(raw)
         if header.seq < 0:
             return False  # control message
+        return self.record(header.seq, header.ts, header.type)
+
+    def record(self, seq: int, ts: float, kind: str) -> bool:
+        """Record one frame; True once the job's terminal frame arrived."""
+        now = time.time() * 1000
         self.received += 1
-        if header.seq in self.seen:
+        if seq in self.seen:
             self.duplicates += 1
-        self.seen.add(header.seq)
-        if header.ts >= self.connected_ms:
+        self.seen.add(seq)
+        if ts >= self.connected_ms:
             # Only live frames: replayed history was sent before this subscriber connected.
-            self.latencies.append((header.ts, now - header.ts, header.type))
-        if header.type in TERMINAL:
-            self.final_seq = header.seq
+            self.latencies.append((ts, now - ts, kind))
+        if kind in TERMINAL:
+            self.final_seq = seq
             return True
         return False
+
+    def dump(self) -> list[Any]:
+        """What a worker process sends the coordinator (``load`` reads it back)."""
+        connected = -1.0 if self.connected_ms == float("inf") else self.connected_ms
+        return [self.job_id, connected, sorted(self.seen), self.received, self.duplicates,
+                self.final_seq, self.latencies, self.error]  # fmt: skip
+
+    @classmethod
+    def load(cls, row: list[Any]) -> Watcher:
+        watcher = cls(row[0])
+        watcher.connected_ms = float("inf") if row[1] < 0 else row[1]
+        watcher.seen = set(row[2])
+        watcher.received, watcher.duplicates, watcher.final_seq = row[3], row[4], row[5]
+        watcher.latencies = [tuple(sample) for sample in row[6]]  # type: ignore[misc]
+        watcher.error = row[7]
+        return watcher
 
     def lost(self, last_seq: int | None) -> int:
         """Frames of 1..``last_seq`` (the job's terminal seq, as any subscriber saw it) that
@@ -104,7 +128,51 @@ class Watcher:
         return sorted(set(range(1, last_seq + 1)) - self.seen)
 
 
-Handler = Callable[[WsConnection, bytes], None]
+Handler = Callable[[Any, bytes], None]
+CLIENTS = ("raw", "websockets", "sdk")
+"""Client kinds: the load test's minimal callback client (``wsclient``), the ``websockets``
+library's asyncio client, and (Delineate only) the SDK's ``subscribe()``."""
+
+
+class LibraryConnection:
+    """The ``websockets`` library's asyncio client behind the minimal client's interface:
+    every message through its ``recv()``, its close handshake, its pings. What the library
+    costs the load client is part of what this kind measures (the report has the clients'
+    CPU)."""
+
+    __slots__ = ("_reader", "_sends", "close_code", "closed", "ws")
+
+    def __init__(self, ws: ClientConnection, on_message: Handler) -> None:
+        self.ws = ws
+        self.close_code: int | None = None
+        self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.ensure_future(self._read(on_message))
+        self._sends: set[asyncio.Future[None]] = set()
+
+    async def _read(self, on_message: Handler) -> None:
+        try:
+            while True:
+                on_message(self, await self.ws.recv(decode=False))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            if not self.closed.done():
+                self.closed.set_result(self.close_code)
+
+    def send_text(self, text: str) -> None:
+        send = asyncio.ensure_future(self.ws.send(text))
+        self._sends.add(send)
+        send.add_done_callback(self._sends.discard)
+
+    async def aclose(self) -> None:
+        await self.ws.close()
+        await self._reader
+
+
+async def open_library_ws(url: str, on_message: Handler) -> LibraryConnection:
+    ws = await ws_connect(url, compression=None, open_timeout=60, max_size=2**24)
+    return LibraryConnection(ws, on_message)
 
 
 async def follow(
@@ -121,8 +189,9 @@ async def follow(
     ``server_closes``: the server ends the connection after the terminal frame (Delineate's
     single-job socket closes 1000, its event stream ends), and the client lets it, as RFC
     6455 (7.1.1) asks of a WebSocket client and as a browser page does: it waits up to
-    SERVER_CLOSE_WAIT_S for that, then closes. The reference servers never close a
-    channel's socket, so their clients close on the terminal frame."""
+    SERVER_CLOSE_WAIT_S for that, then closes. Otherwise the client starts the closing
+    handshake on the terminal frame (as the SDK does; the reference servers never close a
+    channel's socket, so their clients always do)."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_frame(conn: Any, raw: bytes) -> None:
@@ -140,14 +209,55 @@ async def follow(
         elif server_closes:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(conn.closed), SERVER_CLOSE_WAIT_S)
-        conn.close()
+        await conn.aclose()
     except Exception as exc:
         watcher.error = repr(exc)
 
 
-async def ws_subscriber(url: str, watcher: Watcher) -> None:
-    url = f"{url}/v1/download/subscribe/{watcher.job_id}?since=0"
-    await follow(lambda on_message: open_ws(url, on_message), watcher, server_closes=True)
+def frame_type(frame: Any) -> str:
+    tag = getattr(frame, "type", None)  # an UnknownFrame names its type
+    return tag if isinstance(tag, str) else str(frame.__struct_config__.tag)
+
+
+async def sdk_follow(client: Any, watcher: Watcher, *, server_closes: bool) -> None:
+    """One subscriber on the SDK's ``subscribe()``: ``server_closes`` iterates to the end (the
+    SDK's own handling after the terminal frame), otherwise the consumer breaks out on the
+    terminal frame and closes the iterator, as ``async with aclosing(...)`` code does."""
+    frames = client.subscribe(watcher.job_id, since=0, unknown=True)
+    try:
+        async for frame in frames:
+            if watcher.connected_ms == float("inf"):
+                # The SDK says nothing at the handshake: the first frame (replayed history
+                # of a running job) marks the subscriber as in.
+                watcher.connected_ms = time.time() * 1000
+            ts = getattr(frame, "ts", 0.0)
+            if watcher.record(frame.seq, ts, frame_type(frame)) and not server_closes:
+                break
+        if watcher.final_seq is None:
+            watcher.error = "the subscription ended before the terminal frame"
+    except Exception as exc:
+        watcher.error = repr(exc)
+    finally:
+        await frames.aclose()
+
+
+Subscriber = Callable[[str, Watcher], Awaitable[None]]
+
+
+def ws_subscriber(kind: str, closing: str, sdk: Any = None) -> Subscriber:
+    """Delineate's single-job socket, followed from seq 0 by a client of ``kind``."""
+    server_closes = closing == "server"
+
+    async def subscribe(url: str, watcher: Watcher) -> None:
+        if kind == "sdk":
+            await sdk_follow(sdk[url], watcher, server_closes=server_closes)
+            return
+        ws_url = f"{url}/v1/download/subscribe/{watcher.job_id}?since=0"
+        opener = open_library_ws if kind == "websockets" else open_ws
+        await follow(lambda on_message: opener(ws_url, on_message), watcher,
+                     server_closes=server_closes)  # fmt: skip
+
+    return subscribe
 
 
 async def sse_subscriber(url: str, watcher: Watcher) -> None:
@@ -156,34 +266,42 @@ async def sse_subscriber(url: str, watcher: Watcher) -> None:
     await follow(lambda on_event: open_sse(url, on_event, headers), watcher, server_closes=True)
 
 
-async def broadcaster_subscriber(url: str, watcher: Watcher) -> None:
-    url = f"{url}/ws/{watcher.job_id}"
-    await follow(lambda on_message: open_ws(url, on_message), watcher)
+def broadcaster_subscriber(kind: str, closing: str, sdk: Any = None) -> Subscriber:
+    async def subscribe(url: str, watcher: Watcher) -> None:
+        opener = open_library_ws if kind == "websockets" else open_ws
+        ws_url = f"{url}/ws/{watcher.job_id}"
+        await follow(lambda on_message: opener(ws_url, on_message), watcher)
+
+    return subscribe
 
 
-async def socketio_subscriber(url: str, watcher: Watcher) -> None:
+def socketio_subscriber(kind: str, closing: str, sdk: Any = None) -> Subscriber:
     """Engine.IO 4 over WebSocket: open, connect the default namespace, ``join`` the channel
     with an ack, answer pings, read ``frame`` events."""
 
-    def handler(done: asyncio.Future[None]) -> Handler:
-        def on_message(conn: WsConnection, raw: bytes) -> None:
-            if raw == b"2":
-                conn.send_text("3")
-            elif raw.startswith(b"0{"):
-                conn.send_text("40")
-            elif raw.startswith(b"40"):
-                conn.send_text(f'421["join","{watcher.job_id}"]')
-            elif raw.startswith(b"431"):
-                watcher.connected_ms = time.time() * 1000  # in the room
-            elif raw.startswith(b"42"):
-                event, data = json.loads(raw[2:])
-                if event == "frame" and watcher.frame(data) and not done.done():
-                    done.set_result(None)
+    async def subscribe(url: str, watcher: Watcher) -> None:
+        def handler(done: asyncio.Future[None]) -> Handler:
+            def on_message(conn: Any, raw: bytes) -> None:
+                if raw == b"2":
+                    conn.send_text("3")
+                elif raw.startswith(b"0{"):
+                    conn.send_text("40")
+                elif raw.startswith(b"40"):
+                    conn.send_text(f'421["join","{watcher.job_id}"]')
+                elif raw.startswith(b"431"):
+                    watcher.connected_ms = time.time() * 1000  # in the room
+                elif raw.startswith(b"42"):
+                    event, data = json.loads(raw[2:])
+                    if event == "frame" and watcher.frame(data) and not done.done():
+                        done.set_result(None)
 
-        return on_message
+            return on_message
 
-    url = f"{url}/socket.io/?EIO=4&transport=websocket"
-    await follow(lambda on_message: open_ws(url, on_message), watcher, handler)
+        opener = open_library_ws if kind == "websockets" else open_ws
+        sio_url = f"{url}/socket.io/?EIO=4&transport=websocket"
+        await follow(lambda on_message: opener(sio_url, on_message), watcher, handler)
+
+    return subscribe
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -239,23 +357,15 @@ async def start_jobs(urls: list[str], count: int, files_per_job: int) -> list[st
     return job_ids
 
 
-async def report_progress(watchers: list[Watcher], started: float) -> None:
-    while True:
-        await asyncio.sleep(1)
-        done = sum(w.final_seq is not None for w in watchers)
-        frames = sum(w.received for w in watchers)
-        elapsed = time.monotonic() - started
-        sys.stderr.write(f"\r{elapsed:5.1f}s  done {done}/{len(watchers)}  frames {frames}")
-        sys.stderr.flush()
-
-
 TERMINAL_TYPES = frozenset({"completed", "failed", "cancelled"})
 INITIATE_LOAD = Path(__file__).resolve().parent / "initiate_load.py"
 STAGGER_S = 0.002
 SETTLE_S = 2.0
+WORKER_GRACE_S = 30.0
+"""How long past ``--max-seconds`` the coordinator waits for a worker's report."""
 
 
-async def staggered(task: Any, delay: float) -> None:
+async def staggered(task: Awaitable[None], delay: float) -> None:
     await asyncio.sleep(delay)
     await task
 
@@ -295,69 +405,193 @@ async def start_initiate_load(urls: list[str], args: argparse.Namespace) -> Any:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The coordinator: start the jobs, spread the subscribers over ``--processes`` worker
+    processes, mark the steady window once every worker's subscribers are in, and merge what
+    the workers saw. The workers report their own CPU, so the report shows whether the load
+    client or the servers were the bottleneck."""
     urls = [u.rstrip("/") for u in args.url]
-    ws_urls = ["ws" + u.removeprefix("http") for u in urls]
     before = {pid: process_usage(pid) for pid in args.pid}
     if args.protocol == "delineate":
         job_ids = await start_jobs(urls, args.jobs, args.files_per_job)
     else:
         job_ids = [f"bench-{i}" for i in range(args.jobs)]
-    watchers = [Watcher(job_ids[i % len(job_ids)]) for i in range(args.subscribers + args.sse)]
-    subscriber = SUBSCRIBERS[args.protocol]
+    total = args.subscribers + args.sse
     started = time.monotonic()
     steady: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="delineate-loadtest-") as tmp:
+        plan = Path(tmp) / "plan.json"
+        plan.write_bytes(msgspec.json.encode({"job_ids": job_ids, "urls": urls}))
+        share = -(-total // args.processes)
+        workers = [
+            await start_worker(args, plan, Path(tmp) / f"worker-{n}.json", first, share)
+            for n, first in enumerate(range(0, total, share))
+        ]
+        initiate = None
+        timed_out = False
+        try:
+            async with asyncio.timeout(args.max_seconds + WORKER_GRACE_S):
+                for worker in workers:
+                    await expect(worker, "in")
+                sys.stderr.write(f"{time.monotonic() - started:5.1f}s  {total} subscribers in\n")
+                if args.protocol != "delineate":
+                    await asyncio.sleep(1)  # let the last subscriptions reach Redis
+                    await start_publishing(urls, job_ids, args)
+                # The steady state starts a moment after the last subscriber is in (servers
+                # may still be sending the ramp's replays): latency, CPU and frames are
+                # counted from here, for every server alike.
+                await asyncio.sleep(SETTLE_S)
+                steady["ms"] = time.time() * 1000
+                steady["usage"] = {pid: process_usage(pid) for pid in args.pid}
+                steady["redis_usage"] = {name: process_usage(pid) for name, pid in redis_pids(args)}
+                steady["redis_since"] = time.monotonic()
+                frames = 0
+                for worker in workers:
+                    worker.stdin.write(b"mark\n")  # type: ignore[union-attr]
+                for worker in workers:
+                    frames += int(await expect(worker, "mark"))
+                steady["frames"] = frames
+                if args.initiate_rate:
+                    initiate = await start_initiate_load(urls, args)
+                # Workers dump what they saw only once every one has ended: a dump is a
+                # burst of CPU, which would delay the frames still due to another worker.
+                for worker in workers:
+                    await expect(worker, "ended")
+                for worker in workers:
+                    worker.stdin.write(b"dump\n")  # type: ignore[union-attr]
+                for worker in workers:
+                    await expect(worker, "done")
+                if initiate is not None:
+                    out, err = await initiate.communicate()
+                    # A run that printed nothing says why, instead of reporting nulls.
+                    steady["initiate"] = (
+                        json.loads(out) if out.strip() else {"failed": err.decode()[-2000:]}
+                    )
+        except TimeoutError:
+            timed_out = True
+        for child in [*workers, initiate]:
+            if child is not None and child.returncode is None:
+                child.kill()  # our own children, by their handles
+            if child is not None:
+                await child.wait()
+        reports = [
+            msgspec.json.decode(path.read_bytes())
+            for n in range(len(workers))
+            if (path := Path(tmp) / f"worker-{n}.json").exists()
+        ]
+    elapsed = time.monotonic() - started
+    watchers = [Watcher.load(row) for report in reports for row in report["watchers"]]
+    timed_out = timed_out or len(reports) < len(workers) or any(r["timed_out"] for r in reports)
+    result = summarize(args, watchers, elapsed, timed_out, before, steady)
+    result["client"] = {
+        "kind": args.client,
+        "closing": args.closing,
+        "processes": len(workers),
+        "cpu_seconds": [r["cpu_s"] for r in reports],
+        "cpu_seconds_steady": [r["cpu_steady_s"] for r in reports],
+    }
+    frames = result["frames_delivered"] - steady.get("frames", 0)
+    if frames > 0:
+        steady_cpu = sum(r["cpu_steady_s"] for r in reports)
+        result["client"]["cpu_us_per_frame"] = round(steady_cpu * 1e6 / frames, 1)
+    return result
+
+
+async def start_worker(
+    args: argparse.Namespace, plan: Path, dump: Path, first: int, count: int
+) -> asyncio.subprocess.Process:
+    argv = [sys.executable, __file__, "--worker", str(plan), str(dump), str(first), str(count),
+            *args.forwarded]  # fmt: skip
+    return await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+
+
+async def expect(worker: asyncio.subprocess.Process, word: str) -> str:
+    """The rest of the worker's next line, which must start with ``word``."""
+    line = (await worker.stdout.readline()).decode()  # type: ignore[union-attr]
+    if not line.startswith(word):
+        raise SystemExit(f"a load-test worker said {line!r}, expected {word!r}")
+    return line[len(word) :].strip()
+
+
+async def work(args: argparse.Namespace, plan: Any, first: int, count: int) -> dict[str, Any]:
+    """A worker process: subscribers ``first`` .. ``first + count - 1`` of the plan. Says
+    ``in`` once they are connected, answers ``mark`` with the frames received so far, says
+    ``ended`` when they have all ended, and on ``dump`` returns what its subscribers saw."""
+    job_ids, urls = plan["job_ids"], plan["urls"]
+    total = args.subscribers + args.sse
+    indices = range(first, min(total, first + count))
+    watchers = [Watcher(job_ids[i % len(job_ids)]) for i in indices]
+    ws_urls = ["ws" + u.removeprefix("http") for u in urls]
+    sdk = {}
+    if args.client == "sdk":
+        from delineate_client import AsyncClient
+
+        sdk = {ws: AsyncClient(url, trust_env=False) for ws, url in zip(ws_urls, urls, strict=True)}
+    subscriber = SUBSCRIBERS[args.protocol](args.client, args.closing, sdk)
     # Subscriber i follows job i % J on replica (i // J) % R: each job's subscribers are
     # spread over every replica, whichever one runs the job. (With i % R, all of a job's
     # subscribers sat on the replica it was initiated through.)
-    home = [(i // len(job_ids)) % len(urls) for i in range(len(watchers))]
-    tasks = [
-        subscriber(ws_urls[home[i]], w) if i < args.subscribers
-        else sse_subscriber(urls[home[i]], w)
-        for i, w in enumerate(watchers)
-    ]  # fmt: skip
+    tasks: list[Awaitable[None]] = []
+    for i, watcher in zip(indices, watchers, strict=True):
+        home = (i // len(job_ids)) % len(urls)
+        if i < args.subscribers:
+            tasks.append(subscriber(ws_urls[home], watcher))
+        else:
+            tasks.append(sse_subscriber(urls[home], watcher))
     if args.protocol == "broadcaster":
         # encode/broadcaster loses subscriptions when two arrive at once (its Redis backend
         # subscribes while its listener reads the same pub/sub connection): open them one
         # after another, as its users have to.
-        tasks = [staggered(task, i * STAGGER_S) for i, task in enumerate(tasks)]
-    progress = asyncio.ensure_future(report_progress(watchers, started))
+        tasks = [staggered(task, i * STAGGER_S) for i, task in zip(indices, tasks, strict=True)]
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     everyone = asyncio.gather(*tasks)
-    initiate = None
+    marked: asyncio.Future[float] = loop.create_future()
+
+    async def answer_mark() -> None:
+        if (await stdin.readline()).strip() == b"mark":
+            say(f"mark {sum(w.received for w in watchers)}")
+            marked.set_result(cpu_seconds())
+        elif not marked.done():
+            marked.set_result(cpu_seconds())  # the coordinator went away
+
+    timed_out = False
     try:
         async with asyncio.timeout(args.max_seconds):
             await all_in(watchers)
-            if args.protocol != "delineate":
-                await asyncio.sleep(1)  # let the last subscriptions reach Redis
-                await start_publishing(urls, job_ids, args)
-            # The steady state starts a moment after the last subscriber is in (servers
-            # may still be sending the ramp's replays): latency, CPU and frames are
-            # counted from here, for every server alike.
-            await asyncio.sleep(SETTLE_S)
-            steady["ms"] = time.time() * 1000
-            steady["usage"] = {pid: process_usage(pid) for pid in args.pid}
-            steady["redis_usage"] = {name: process_usage(pid) for name, pid in redis_pids(args)}
-            steady["redis_since"] = time.monotonic()
-            steady["frames"] = sum(w.received for w in watchers)
-            if args.initiate_rate:
-                initiate = await start_initiate_load(urls, args)
+            say("in")
+            await answer_mark()
             await everyone
-            if initiate is not None:
-                out, err = await initiate.communicate()
-                # A run that printed nothing says why, instead of reporting nulls.
-                steady["initiate"] = (
-                    json.loads(out) if out.strip() else {"failed": err.decode()[-2000:]}
-                )
-        timed_out = False
     except TimeoutError:
         timed_out = True
         everyone.cancel()
-        if initiate is not None and initiate.returncode is None:
-            initiate.kill()  # our own child, by its handle
-            await initiate.wait()
-    progress.cancel()
-    elapsed = time.monotonic() - started
-    sys.stderr.write("\n")
-    return summarize(args, watchers, elapsed, timed_out, before, steady)
+        with contextlib.suppress(asyncio.CancelledError):
+            await everyone
+    at_mark = marked.result() if marked.done() else cpu_seconds()
+    cpu_at_end = cpu_seconds()
+    say("ended")
+    if not timed_out:
+        await stdin.readline()  # "dump" (or the coordinator went away)
+    for client in sdk.values():
+        await client.aclose()
+    return {
+        "timed_out": timed_out,
+        "cpu_s": round(cpu_at_end, 3),
+        "cpu_steady_s": round(cpu_at_end - at_mark, 3),
+        "watchers": [w.dump() for w in watchers],
+    }
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def summarize(
@@ -462,6 +696,10 @@ def summarize(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    worker = argv[:1] == ["--worker"]
+    if worker:
+        _, plan, dump, first, count, *argv = argv
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -480,6 +718,18 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--allow-remote", action="store_true")
     parser.add_argument("--protocol", choices=sorted(SUBSCRIBERS), default="delineate")
+    parser.add_argument(
+        "--client", choices=CLIENTS, default="raw",
+        help="WebSocket client: the minimal callback client, the websockets library, the SDK",
+    )  # fmt: skip
+    parser.add_argument(
+        "--closing", choices=("server", "client"), default=None,
+        help="after the terminal frame: let the server close (Delineate's default) or close",
+    )  # fmt: skip
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="client processes the subscribers are spread over (each under its file limit)",
+    )  # fmt: skip
     parser.add_argument("--rate", type=float, default=2, help="reference servers: frames/s")
     parser.add_argument("--seconds", type=float, default=20, help="reference servers: duration")
     parser.add_argument(
@@ -489,6 +739,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", help="write every latency sample to this JSON file")
     args = parser.parse_args(argv)
     args.url = args.url or ["http://127.0.0.1:3000"]
+    args.forwarded = argv
+    if args.closing is None:
+        # The reference servers never close a channel's socket: their clients close.
+        args.closing = "server" if args.protocol == "delineate" else "client"
+    if args.client == "sdk" and args.protocol != "delineate":
+        parser.error("--client sdk follows Delineate's jobs only")
     check_loopback(args.url, args.allow_remote)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -499,9 +755,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
     except ImportError:
-        result = asyncio.run(run(args))
+        runner: Any = asyncio.run
     else:
-        result = uvloop.run(run(args))
+        runner = uvloop.run
+    if worker:
+        job_plan = msgspec.json.decode(Path(plan).read_bytes())
+        report = runner(work(args, job_plan, int(first), int(count)))
+        Path(dump).write_bytes(msgspec.json.encode(report))
+        say("done")
+        return 0
+    result = runner(run(args))
     print(json.dumps(result, indent=2))
     return 0 if result["lost_frames"] == 0 and result["duplicate_frames"] == 0 else 1
 

@@ -54,6 +54,15 @@ from delineate.devstack.stack import (  # noqa: E402
 )
 
 SERVERS = ("delineate", "socketio", "broadcaster")
+SCENARIOS = ("fanout", "clients", "sse", "initiate", "idle", "cluster")
+CLIENT_KINDS = {
+    # (client, closing) runs beside each server's main row (the minimal client; for
+    # Delineate it lets the server close, the references' clients close themselves).
+    "delineate": [("raw", "client"), ("websockets", "server"), ("websockets", "client"),
+                  ("sdk", "server"), ("sdk", "client")],
+    "socketio": [("websockets", "client")],
+    "broadcaster": [("websockets", "client")],
+}  # fmt: skip
 REFERENCE_APPS = {
     "socketio": "bench.reference.socketio_server:app",
     "broadcaster": "bench.reference.broadcaster_server:app",
@@ -201,17 +210,21 @@ def with_marginal(result: dict[str, Any], idle_us_per_s: dict[str, float]) -> di
 def fanout(
     kind: str, args: argparse.Namespace, nodes: list[Any], *, sse: bool = False,
     initiate_rate: float = 0, samples: Path | None = None,
-    redis_nodes: Sequence[tuple[str, int]] = (),
+    redis_nodes: Sequence[tuple[str, int]] = (), client: str = "raw", closing: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One load-test run: every subscriber on WebSocket, or (``sse``) every one on SSE;
     with ``initiate_rate``, initiate requests arrive at that rate during the steady window;
-    with ``samples``, every latency sample is written there."""
+    with ``samples``, every latency sample is written there. ``client`` and ``closing`` are
+    the load test's client kind and what it does after the terminal frame."""
     ws, sse_count = (0, args.subscribers) if sse else (args.subscribers, 0)
     argv = [sys.executable, str(BENCH / "loadtest.py"), "--protocol", kind,
             "--subscribers", str(ws), "--sse", str(sse_count),
             "--jobs", str(args.jobs), "--files-per-job", "1", "--rate", str(args.rate),
             "--seconds", str(args.seconds),
-            "--max-seconds", str(args.seconds * 3 + 90)]  # fmt: skip
+            "--max-seconds", str(args.seconds * 3 + 90),
+            "--client", client, "--processes", str(args.client_processes)]  # fmt: skip
+    if closing is not None:
+        argv += ["--closing", closing]
     if initiate_rate:
         # Inside the steady window: Delineate's jobs outlast the ramp by about --seconds, less
         # the load test's 2 s settle.
@@ -381,6 +394,8 @@ def table(report: dict[str, Any]) -> str:
             f"| {result.get('server_cpu_us_per_frame')} "
             f"| {rss:.0f} | {idle.get('kib_per_idle_socket', '-')} |"
         )
+    if "clients" in report:
+        rows += ["", clients_table(report)]
     if "initiate" in report:
         run = report["initiate"]
         load = run.get("initiate_under_load") or {}
@@ -418,6 +433,33 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def clients_table(report: dict[str, Any]) -> str:
+    """Every client kind's run: the steady stream, the whole run (job ends included) and the
+    terminal frames alone, with what the servers and the load client spent per frame."""
+    columns = ["server", "client", "after the terminal frame", "p99 streaming", "p99 whole run",
+               "p99 terminal frames", "max", "lost", "dup", "unfinished",
+               "server CPU us/frame", "client CPU us/frame"]  # fmt: skip
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    runs = [((kind, "raw", result["client"]["closing"]), result)
+            for kind, result in report.get("fanout", {}).items() if "sse" not in kind]  # fmt: skip
+    runs += [(tuple(name.split()), result) for name, result in report["clients"].items()]
+    for (kind, client, closing), result in sorted(runs):
+        terminal = [v["p99"] for k, v in result["latency_ms_by_type"].items() if k in TERMINAL]
+        lat, streaming = result["latency_ms"], result["latency_ms_while_streaming"]
+        rows.append(
+            f"| {kind} | {client} | {'server closes' if closing == 'server' else 'client closes'} "
+            f"| {streaming['p99']} ms | {lat['p99']} ms "
+            f"| {max(terminal, default='-')} ms | {lat['max']} ms "
+            f"| {result['lost_frames']} | {result['duplicate_frames']} "
+            f"| {result['unfinished_subscribers']} | {result.get('server_cpu_us_per_frame')} "
+            f"| {result['client'].get('cpu_us_per_frame')} |"
+        )
+    return "\n".join(rows)
+
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--hold"]:
@@ -428,10 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--scenario",
-        choices=["fanout", "sse", "initiate", "idle", "cluster", "all"],
-        default="all",
-    )
+        "--scenario", default="all",
+        help=f"comma-separated, of {', '.join(SCENARIOS)}; or all",
+    )  # fmt: skip
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--subscribers", type=int, default=5000)
@@ -441,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=100, help="channels (jobs for Delineate)")
     parser.add_argument("--rate", type=float, default=2, help="frames per second per channel")
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--client-processes", type=int, default=2, help="load-client processes per fan-out run"
+    )
     parser.add_argument("--idle", type=int, default=20000, help="idle sockets, idle scenario")
     parser.add_argument("--idle-per-server", type=int, default=5000, help="idle sockets per server")
     parser.add_argument(
@@ -454,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
+    scenarios = SCENARIOS if args.scenario == "all" else args.scenario.split(",")
+    if set(scenarios) - set(SCENARIOS):
+        parser.error(f"unknown scenarios: {sorted(set(scenarios) - set(SCENARIOS))}")
     servers = [s for s in args.servers.split(",") if s]
     unknown = set(servers) - set(SERVERS)
     if unknown:
@@ -479,17 +526,23 @@ def main(argv: list[str] | None = None) -> int:
     with workdir as tmp:
         # Every run gets fresh processes, so one's memory high-water mark is not the other's.
         runs: list[tuple[str, str]] = []
-        if args.scenario in ("fanout", "all"):
+        if "fanout" in scenarios:
             runs += [("fanout", kind) for kind in servers]
-        if args.scenario in ("sse", "all") and "delineate" in servers:
+        if "clients" in scenarios:
+            runs += [
+                (f"clients-{client}-{closing}", kind)
+                for kind in servers
+                for client, closing in CLIENT_KINDS[kind]
+            ]
+        if "sse" in scenarios and "delineate" in servers:
             runs.append(("sse", "delineate"))
-        if args.scenario in ("initiate", "all") and "delineate" in servers and args.initiate_rate:
+        if "initiate" in scenarios and "delineate" in servers and args.initiate_rate:
             runs.append(("initiate", "delineate"))
-        if args.scenario in ("fanout", "all"):
+        if "fanout" in scenarios:
             runs += [("idle_per_server", kind) for kind in servers]
-        if args.scenario in ("idle", "all") and "delineate" in servers:
+        if "idle" in scenarios and "delineate" in servers:
             runs.append(("idle", "delineate"))
-        if args.scenario in ("cluster", "all") and "delineate" in servers:
+        if "cluster" in scenarios and "delineate" in servers:
             runs += [("redis-replicated", "delineate"), ("redis-cluster", "delineate")]
         for scenario, kind in runs:
             sys.stderr.write(f"{scenario}: {kind}\n")
@@ -503,6 +556,10 @@ def main(argv: list[str] | None = None) -> int:
                     report.setdefault("fanout", {})[kind] = fanout(
                         kind, args, nodes, samples=samples
                     )
+                elif scenario.startswith("clients-"):
+                    _, client, closing = scenario.split("-")
+                    result = fanout(kind, args, nodes, client=client, closing=closing)
+                    report.setdefault("clients", {})[f"{kind} {client} {closing}"] = result
                 elif scenario == "sse":
                     report.setdefault("fanout", {})["delineate-sse"] = fanout(
                         kind, args, nodes, sse=True, samples=samples
@@ -527,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                 for node in nodes:
                     node.stop()
                 redis.stop()
-    if args.scenario in ("cluster", "all") and "delineate" in servers:
+    if "cluster" in scenarios and "delineate" in servers:
         # The cost of one pub/sub message read (the capacity model's fan-in term).
         out = subprocess.run(
             [sys.executable, str(BENCH / "pubsub_reader.py"), "--messages", str(args.messages)],

@@ -111,6 +111,9 @@ class SseConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    async def aclose(self) -> None:
+        self.close()  # an event stream has no closing handshake
+
 
 async def open_sse(
     url: str, on_event: OnEvent, headers: dict[str, str] | None = None, timeout_s: float = 30

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import struct
 from collections.abc import Callable
@@ -125,6 +126,16 @@ class WsConnection(asyncio.Protocol):
 
     def send_text(self, text: str) -> None:
         self._send(0x1, text.encode())
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Start the closing handshake and let the server close the TCP connection (RFC 6455,
+        7.1.1), as a client library does; cut it after ``timeout_s``."""
+        if not self._close_sent:
+            self._send(0x8, struct.pack("!H", 1000))
+            self._close_sent = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
+        self.close()
 
     def close(self) -> None:
         # Once a close frame went out (answering the server's), nothing more may (RFC 6455,

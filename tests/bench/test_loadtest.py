@@ -16,12 +16,21 @@ pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "loadtest.py"
 
 
-def test_small_load_test_loses_nothing(server: Replica) -> None:
-    """30 WebSocket + 10 SSE subscribers on 4 jobs: all finish, none lost or repeated."""
+@pytest.mark.parametrize(
+    ("client", "closing", "processes"),
+    [("raw", "server", 1), ("websockets", "client", 2), ("sdk", "server", 2)],
+)
+def test_small_load_test_loses_nothing(
+    server: Replica, client: str, closing: str, processes: int
+) -> None:
+    """30 WebSocket + 10 SSE subscribers on 4 jobs, with each client kind and from several
+    client processes: all finish, none lost or repeated, and the clients' CPU is reported
+    per process."""
     assert server.pid is not None
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--url", server.url, "--subscribers", "30", "--sse", "10",
-         "--jobs", "4", "--max-seconds", "60", "--pid", str(server.pid)],
+         "--jobs", "4", "--max-seconds", "60", "--pid", str(server.pid), "--client", client,
+         "--closing", closing, "--processes", str(processes)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -29,11 +38,15 @@ def test_small_load_test_loses_nothing(server: Replica) -> None:
     assert report["lost_frames"] == 0
     assert report["duplicate_frames"] == 0
     assert report["unfinished_subscribers"] == 0
-    assert report["connection_errors"] == 0
+    assert report["connection_errors"] == 0, report["error_examples"]
     assert report["frames_delivered"] > 40
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["max"]
     assert report["server_cpu_seconds"] > 0
     assert report["server_peak_rss_kib"][str(server.pid)] > 0
+    assert report["client"]["kind"] == client
+    assert report["client"]["closing"] == closing
+    assert len(report["client"]["cpu_seconds"]) == processes
+    assert all(cpu > 0 for cpu in report["client"]["cpu_seconds"])
 
 
 def test_refuses_remote_targets() -> None:
@@ -56,8 +69,9 @@ def test_make_bench_compares_three_servers_with_tiny_numbers() -> None:
     once to every subscriber, initiate requests during the stream all succeed, and the table
     names every row."""
     out = subprocess.run(
-        [sys.executable, str(RUN), "--subscribers", "20", "--jobs", "2", "--seconds", "4",
-         "--idle", "30", "--idle-per-server", "10", "--initiate-rate", "20", "--messages", "30"],
+        [sys.executable, str(RUN), "--scenario", "fanout,sse,initiate,idle,cluster",
+         "--subscribers", "20", "--jobs", "2", "--seconds", "4", "--idle", "30",
+         "--idle-per-server", "10", "--initiate-rate", "20", "--messages", "30"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -86,6 +100,35 @@ def test_make_bench_compares_three_servers_with_tiny_numbers() -> None:
         assert f"| {server} |" in out.stderr
     assert "initiate under load: " in out.stderr
     check_redis_modes(report, out.stderr)
+
+
+@pytest.mark.timeout(300)
+def test_make_bench_runs_every_client_kind_with_tiny_numbers() -> None:
+    """The client-kinds scenario: Delineate followed by the minimal client, the websockets
+    library and the SDK, each letting the server close and closing itself, from two client
+    processes; broadcaster by the websockets library. Every frame once, every run in the
+    table with the clients' CPU."""
+    out = subprocess.run(
+        [sys.executable, str(RUN), "--scenario", "clients", "--servers", "delineate,broadcaster",
+         "--subscribers", "12", "--jobs", "2", "--seconds", "2", "--client-processes", "2"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = json.loads(out.stdout)["clients"]
+    assert set(runs) == {
+        "delineate raw client", "delineate websockets server", "delineate websockets client",
+        "delineate sdk server", "delineate sdk client", "broadcaster websockets client",
+    }  # fmt: skip
+    for name, result in runs.items():
+        assert result["duplicate_frames"] == 0, name
+        assert result["client"]["processes"] == 2, name
+        assert all(cpu > 0 for cpu in result["client"]["cpu_seconds"]), name
+        if name.startswith("delineate"):
+            assert result["lost_frames"] == 0, name
+            assert result["unfinished_subscribers"] == 0, name
+        kind, client, closing = name.split()
+        row = f"| {kind} | {client} | {'server' if closing == 'server' else 'client'} closes |"
+        assert row in out.stderr, name
 
 
 def check_redis_modes(report: dict[str, Any], table: str) -> None:
