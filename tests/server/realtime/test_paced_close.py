@@ -18,6 +18,16 @@ from tests.support.inprocess import running_app
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
+def one_close_a_second(tmp_path: Path) -> Settings:
+    """One-second jobs; CLOSE_RATE=1, so the paced closes are a second apart."""
+    return Settings(
+        data_dir=str(tmp_path),
+        download_delay_min_ms=1_000,
+        download_delay_max_ms=1_000,
+        close_rate=1,
+    )
+
+
 async def until_terminal(socket: ClientConnection) -> str:
     async with asyncio.timeout(20):
         while True:
@@ -38,13 +48,7 @@ async def sse_until_end(http: httpx.AsyncClient, job_id: str, seen: list[str]) -
 async def test_terminal_frames_go_out_together_and_the_closes_follow_one_by_one(
     tmp_path: Path,
 ) -> None:
-    settings = Settings(
-        data_dir=str(tmp_path),
-        download_delay_min_ms=1_000,
-        download_delay_max_ms=1_000,
-        close_rate=1,
-    )
-    async with running_app(settings) as served:
+    async with running_app(one_close_a_second(tmp_path)) as served:
         job_id = await served.initiate([70000])
         url = f"{served.ws_url}v1/download/subscribe/{job_id}"
         sockets = [await connect(url) for _ in range(3)]
@@ -78,13 +82,7 @@ async def test_clients_that_close_on_the_terminal_frame_are_answered_on_their_tu
     the socket unread until its paced close, so thousands of clients closing together
     cannot crowd out other jobs' last frames. Each client's handshake ends with the
     server's own close (1000, "job finished"), not an echo of its own."""
-    settings = Settings(
-        data_dir=str(tmp_path),
-        download_delay_min_ms=1_000,
-        download_delay_max_ms=1_000,
-        close_rate=1,
-    )
-    async with running_app(settings) as served:
+    async with running_app(one_close_a_second(tmp_path)) as served:
         job_id = await served.initiate([70000])
         url = f"{served.ws_url}v1/download/subscribe/{job_id}"
         sockets = [await connect(url, close_timeout=20) for _ in range(3)]
