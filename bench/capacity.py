@@ -20,7 +20,7 @@ from typing import Any
 
 def measured(report: dict[str, Any]) -> dict[str, float]:
     """The per-unit costs the model needs, read from a `make bench` report."""
-    missing = {"fanout", "idle", "redis_modes", "pubsub_reader"} - report.keys()
+    missing = {"fanout", "scale", "redis_modes", "pubsub_reader"} - report.keys()
     if missing:
         raise SystemExit(f"not a full `make bench` report (--scenario all): no {sorted(missing)}")
     params = report["parameters"]
@@ -32,7 +32,8 @@ def measured(report: dict[str, Any]) -> dict[str, float]:
     def of(role: str, nodes: dict[str, float]) -> float:
         return sum(v for k, v in nodes.items() if k.startswith(role))
 
-    idle = report["idle"]
+    scale = report["scale"]
+    held = scale["still_open"] + scale["streaming"]["subscribers"]["websocket"]
     return {
         # Replica CPU per frame delivered on a socket (steady state, WebSocket), with the
         # frame's pub/sub message shared by subscribers_per_job / replicas sockets.
@@ -44,8 +45,8 @@ def measured(report: dict[str, Any]) -> dict[str, float]:
         "replica_us_per_pubsub_message": report["pubsub_reader"]["readers"]["broker reader"][
             "cpu_us_per_message"
         ],
-        "kib_per_idle_socket": idle["kib_per_idle_socket"],
-        "sockets_per_replica_measured": idle["still_open"] / params["replicas"],
+        "kib_per_idle_socket": scale["kib_per_idle_socket"],
+        "sockets_per_replica_measured": held / scale["replicas"],
         # Redis CPU per frame a job publishes (the report's is per delivered frame).
         "redis_us_per_published_frame_one_node": of("primary", single) * subscribers_per_job,
         "redis_replica_us_per_published_frame_one_node": of("replica", single)

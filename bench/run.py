@@ -12,8 +12,10 @@ server CPU per delivered frame, peak RSS, and KiB per idle socket (a separate ru
 subscriber on SSE instead of WebSocket (row "delineate-sse"), and the WebSocket run again
 while `POST /v1/download/initiate` arrives at ``--initiate-rate`` requests/s (its latency).
 
-Scenario "idle": ``--idle`` (20,000) idle sockets held by Delineate's replicas while
-``--jobs`` jobs run; reports KiB per socket and the worst event-loop lag (a 10 ms ticker).
+Scenario "scale": ``--scale-sockets`` (50,000) sockets on ``--scale-replicas`` (4) Delineate
+replicas, each under the per-process descriptor limit: all but ``--subscribers`` idle, the
+rest following the fan-out's jobs. Reports whether every socket stayed open, KiB per idle
+socket, the frames' latency, and each replica's worst event-loop lag (a 10 ms ticker).
 
 Scenario "cluster": Delineate's fan-out on one Redis primary with its replica and on a Redis
 Cluster of 3 primaries + 3 replicas (``redis_modes``), with each Redis node's CPU per delivered
@@ -54,7 +56,7 @@ from delineate.devstack.stack import (  # noqa: E402
 )
 
 SERVERS = ("delineate", "socketio", "broadcaster")
-SCENARIOS = ("fanout", "clients", "sse", "initiate", "idle", "cluster")
+SCENARIOS = ("fanout", "clients", "sse", "initiate", "scale", "cluster")
 CLIENT_KINDS = {
     # (client, closing) runs beside each server's main row (the minimal client; for
     # Delineate it lets the server close, the references' clients close themselves).
@@ -121,10 +123,13 @@ Redis = RedisServer | ReplicatedRedis | RedisCluster
 
 
 def start_servers(
-    kind: str, args: argparse.Namespace, tmp: Path, redis_mode: str = "single"
-) -> tuple[Redis, list[Managed]]:
-    """Redis (everysec, as compose/ runs it: see RedisServer) and the replicas. ``redis_mode``
-    "single" is one node, "replicated" a primary and its replica, "cluster" 3 + 3."""
+    kind: str, args: argparse.Namespace, tmp: Path, redis_mode: str = "single",
+    replicas: int | None = None, env: dict[str, str] | None = None,
+) -> tuple[Redis, list[Managed]]:  # fmt: skip
+    """Redis (everysec, as compose/ runs it: see RedisServer) and ``replicas`` (default
+    ``--replicas``) replicas, Delineate's with ``env`` added. ``redis_mode`` "single" is one
+    node, "replicated" a primary and its replica, "cluster" 3 + 3."""
+    replicas = replicas or args.replicas
     tmp.mkdir(parents=True, exist_ok=True)
     redis: Redis = {
         "single": lambda: RedisServer(tmp, fsync="everysec"),
@@ -136,7 +141,7 @@ def start_servers(
     if kind == "delineate":
         # Jobs outlast the ramp of thousands of handshakes, so the steady window is --seconds.
         job_s = args.seconds + ramp_allowance(args.subscribers)
-        env = {
+        settings = {
             "REDIS_URL": redis.url,
             "DATA_DIR": str(tmp / "data"),
             "DOWNLOAD_DELAY_MIN_MS": str(int(job_s * 1000)),
@@ -148,11 +153,12 @@ def start_servers(
             "RATE_LIMIT_MAX_REQUESTS": "100000000",
             "LOG_FORMAT": "text",
             "URL_SIGNING_SECRET": "bench",
+            **(env or {}),
         }
-        nodes = [Replica(f"bench-{i}", env, tmp) for i in range(args.replicas)]
+        nodes = [Replica(f"bench-{i}", settings, tmp) for i in range(replicas)]
     else:
         app = REFERENCE_APPS[kind]
-        nodes = [ReferenceServer(f"{kind}-{i}", app, redis.url, tmp) for i in range(args.replicas)]
+        nodes = [ReferenceServer(f"{kind}-{i}", app, redis.url, tmp) for i in range(replicas)]
     for node in nodes:
         node.start()  # type: ignore[no-untyped-call]
     return redis, nodes
@@ -252,15 +258,18 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+# As a browser: no pings of its own (the servers ping), no compression.
+IDLE_CLIENT: dict[str, Any] = {"compression": None, "open_timeout": 60, "ping_interval": None}
+
+
 async def open_idle(kind: str, node: Any, index: int) -> Any:
     from websockets.asyncio.client import connect
 
     if kind == "delineate":
-        return await connect(f"{node.ws_url}/v1/ws", compression=None, open_timeout=60)
+        return await connect(f"{node.ws_url}/v1/ws", **IDLE_CLIENT)
     if kind == "broadcaster":
-        return await connect(f"{node.ws_url}/ws/idle-{index}", compression=None, open_timeout=60)
-    ws = await connect(f"{node.ws_url}/socket.io/?EIO=4&transport=websocket",
-                       compression=None, open_timeout=60)  # fmt: skip
+        return await connect(f"{node.ws_url}/ws/idle-{index}", **IDLE_CLIENT)
+    ws = await connect(f"{node.ws_url}/socket.io/?EIO=4&transport=websocket", **IDLE_CLIENT)
     await ws.recv()  # the open packet
     await ws.send("40")
     await ws.recv()  # connected to the namespace
@@ -293,63 +302,100 @@ async def hold(kind: str, urls: list[str], first: int, count: int) -> None:
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
-async def hold_idle(
-    kind: str, nodes: list[Any], count: int, hold_s: float, jobs: int = 0
-) -> dict[str, Any]:
-    """Open ``count`` idle sockets (from holder processes of PER_HOLDER each), hold them
-    (while ``jobs`` Delineate jobs run), measure the replicas."""
+class Holders:
+    """Holder processes (PER_HOLDER sockets each) keeping ``count`` idle sockets open on the
+    replicas until ``close``, which says how many were still open."""
+
+    def __init__(self, kind: str, nodes: list[Any], count: int) -> None:
+        self.kind, self.urls, self.count = kind, ",".join(n.url for n in nodes), count
+        self.processes: list[asyncio.subprocess.Process] = []
+
+    async def open(self) -> int:
+        """Start the holders; the number of sockets they opened."""
+        for first in range(0, self.count, PER_HOLDER):
+            n = min(PER_HOLDER, self.count - first)
+            argv = [sys.executable, __file__, "--hold", self.kind, self.urls, str(first), str(n)]
+            self.processes.append(
+                await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+                )
+            )
+        return sum([int((await p.stdout.readline()) or 0) for p in self.processes])  # type: ignore[union-attr]
+
+    async def close(self) -> int:
+        """Stop the holders; the number of sockets still open just before."""
+        alive = 0
+        for holder in self.processes:
+            holder.stdin.close()  # type: ignore[union-attr]
+            alive += int((await holder.stdout.readline()) or 0)  # type: ignore[union-attr]
+            await holder.wait()
+        return alive
+
+
+async def hold_idle(kind: str, nodes: list[Any], count: int) -> dict[str, Any]:
+    """Open ``count`` idle sockets on the replicas and measure the memory they take."""
     before = {n.name: rss_kib(n.pid or 0) for n in nodes}
     started = time.monotonic()
-    urls = ",".join(n.url for n in nodes)
-    holders = []
-    for first in range(0, count, PER_HOLDER):
-        n = min(PER_HOLDER, count - first)
-        argv = [sys.executable, __file__, "--hold", kind, urls, str(first), str(n)]
-        holders.append(
-            await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-            )
-        )
-    opened = [int((await h.stdout.readline()) or 0) for h in holders]  # type: ignore[union-attr]
+    holders = Holders(kind, nodes, count)
+    opened = await holders.open()
     opened_s = time.monotonic() - started
-    # Memory is measured with the sockets idle; jobs (if any) run afterwards, for the lag.
     await asyncio.sleep(1.0)
     after = {n.name: rss_kib(n.pid or 0) for n in nodes}
-    lag: dict[str, float] = {}
-    if kind == "delineate":
-        # The lag histogram's counts before and after: measure the holding only.
-        lag_before = {n.name: lag_buckets(n.url) for n in nodes}
-        if jobs:
-            await start_jobs(nodes, jobs)
-        await asyncio.sleep(hold_s)
-        lag = {n.name: worst_lag_ms(lag_before[n.name], lag_buckets(n.url)) for n in nodes}
-    alive = 0
-    for holder in holders:
-        holder.stdin.close()  # type: ignore[union-attr]
-        alive += int((await holder.stdout.readline()) or 0)  # type: ignore[union-attr]
-        await holder.wait()
-    grown = sum(after.values()) - sum(before.values())
     return {
         "server": kind,
         "idle_sockets": count,
-        "opened": sum(opened),
-        "still_open": alive,
-        "running_jobs": jobs,
+        "opened": opened,
+        "still_open": await holders.close(),
         "seconds_to_open": round(opened_s, 2),
         "replica_rss_kib_before": before,
         "replica_rss_kib_after": after,
-        "kib_per_idle_socket": round(grown / count, 2) if count else None,
-        "event_loop_lag_max_ms": lag,
+        "kib_per_idle_socket": round((sum(after.values()) - sum(before.values())) / count, 2)
+        if count
+        else None,
     }
 
 
-async def start_jobs(nodes: list[Any], count: int) -> None:
-    import httpx
-
-    async with httpx.AsyncClient(timeout=30) as client:
-        for i in range(count):
-            url = f"{nodes[i % len(nodes)].url}/v1/download/initiate"
-            (await client.post(url, json={"file_ids": [70000 + 7 * (i % 40)]})).raise_for_status()
+async def scale(args: argparse.Namespace, nodes: list[Any]) -> dict[str, Any]:
+    """``--scale-sockets`` sockets on ``--scale-replicas`` replicas: all but ``--subscribers``
+    idle (memory measured with only those open), then the usual fan-out to the rest while
+    the idle ones stay open. Every replica's worst event-loop lag in the fan-out's steady
+    window, and over the whole fan-out (the subscribers' ramp and the jobs' ends too)."""
+    idle_count = args.scale_sockets - args.subscribers
+    before = {n.name: rss_kib(n.pid or 0) for n in nodes}
+    started = time.monotonic()
+    holders = Holders("delineate", nodes, idle_count)
+    opened = await holders.open()
+    opened_s = time.monotonic() - started
+    await asyncio.sleep(1.0)
+    after = {n.name: rss_kib(n.pid or 0) for n in nodes}
+    lag_before = {n.name: lag_buckets(n.url) for n in nodes}
+    run = asyncio.create_task(asyncio.to_thread(fanout, "delineate", args, nodes))
+    try:
+        # The steady window, as the load test's: from the subscribers' ramp to a second
+        # before the jobs end (they outlast it by --seconds).
+        await asyncio.sleep(ramp_allowance(args.subscribers))
+        steady_before = {n.name: lag_buckets(n.url) for n in nodes}
+        await asyncio.sleep(max(1.0, args.seconds - 2))
+        steady = {n.name: worst_lag_ms(steady_before[n.name], lag_buckets(n.url)) for n in nodes}
+        streaming = await run
+    finally:
+        whole = {n.name: worst_lag_ms(lag_before[n.name], lag_buckets(n.url)) for n in nodes}
+        alive = await holders.close()
+    return {
+        "sockets": args.scale_sockets,
+        "replicas": len(nodes),
+        "idle_sockets": idle_count,
+        "opened": opened,
+        "still_open": alive,
+        "seconds_to_open": round(opened_s, 2),
+        "replica_rss_kib_before": before,
+        "replica_rss_kib_idle": after,
+        "replica_rss_kib_peak": streaming.get("server_peak_rss_kib"),
+        "kib_per_idle_socket": round((sum(after.values()) - sum(before.values())) / idle_count, 2),
+        "event_loop_lag_max_ms": steady,
+        "event_loop_lag_max_ms_whole_run": whole,
+        "streaming": streaming,
+    }
 
 
 def lag_buckets(url: str) -> dict[float, float]:
@@ -382,6 +428,8 @@ def table(report: dict[str, Any]) -> str:
     columns = ["server", "delivered/s", "p50", "p95", "p99", "max", "lost", "dup",
                "p99 streaming", "CPU us/frame", "peak RSS MiB", "KiB/idle socket"]  # fmt: skip
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    if "fanout" not in report:
+        rows = []
     for kind, result in report.get("fanout", {}).items():
         lat = result["latency_ms"]
         idle = report.get("idle_per_server", {}).get(kind, {})
@@ -422,13 +470,17 @@ def table(report: dict[str, Any]) -> str:
             f"CPU) per primary {sorted(primaries.values())}, per Redis replica "
             f"{sorted(replicas.values())}"
         )
-    if "idle" in report:
-        idle = report["idle"]
+    if "scale" in report:
+        run = report["scale"]
+        streaming = run["streaming"]
         rows.append("")
         rows.append(
-            f"idle: {idle['idle_sockets']:,} sockets + {idle['running_jobs']} jobs on Delineate: "
-            f"{idle['kib_per_idle_socket']} KiB/socket, {idle['still_open']:,} still open, worst "
-            f"event-loop lag {max(idle['event_loop_lag_max_ms'].values(), default=-1)} ms"
+            f"scale: {run['sockets']:,} sockets on {run['replicas']} replicas, "
+            f"{run['idle_sockets']:,} idle ({run['still_open']:,} still open at the end, "
+            f"{run['kib_per_idle_socket']} KiB each); {streaming['subscribers']['websocket']:,} "
+            f"following {streaming['jobs']} jobs: p99 {streaming['latency_ms']['p99']} ms, "
+            f"lost {streaming['lost_frames']}; worst event-loop lag per replica "
+            f"{sorted(run['event_loop_lag_max_ms'].values())} ms"
         )
     return "\n".join(rows)
 
@@ -485,7 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client-processes", type=int, default=2, help="load-client processes per fan-out run"
     )
-    parser.add_argument("--idle", type=int, default=20000, help="idle sockets, idle scenario")
+    parser.add_argument(
+        "--scale-sockets", type=int, default=50000, help="sockets in all, scale scenario"
+    )
+    parser.add_argument("--scale-replicas", type=int, default=4, help="replicas, scale scenario")
     parser.add_argument("--idle-per-server", type=int, default=5000, help="idle sockets per server")
     parser.add_argument(
         "--messages", type=int, default=3000, help="pub/sub messages, cluster scenario's reader"
@@ -540,15 +595,22 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("initiate", "delineate"))
         if "fanout" in scenarios:
             runs += [("idle_per_server", kind) for kind in servers]
-        if "idle" in scenarios and "delineate" in servers:
-            runs.append(("idle", "delineate"))
+        if "scale" in scenarios and "delineate" in servers:
+            runs.append(("scale", "delineate"))
         if "cluster" in scenarios and "delineate" in servers:
             runs += [("redis-replicated", "delineate"), ("redis-cluster", "delineate")]
         for scenario, kind in runs:
             sys.stderr.write(f"{scenario}: {kind}\n")
             run_dir = Path(tmp) / f"{scenario}-{kind}"
             redis_mode = scenario.split("-", 1)[1] if scenario.startswith("redis-") else "single"
-            redis, nodes = start_servers(kind, args, run_dir, redis_mode)
+            if scenario == "scale":
+                # The idle sockets follow no job: keep them past IDLE_SOCKET_TIMEOUT_S.
+                redis, nodes = start_servers(
+                    kind, args, run_dir, replicas=args.scale_replicas,
+                    env={"IDLE_SOCKET_TIMEOUT_S": "3600"},
+                )  # fmt: skip
+            else:
+                redis, nodes = start_servers(kind, args, run_dir, redis_mode)
             # With --keep, every latency sample too ([frame ts ms, latency ms, type]).
             samples = run_dir / "latency-samples.json" if args.keep else None
             try:
@@ -576,10 +638,10 @@ def main(argv: list[str] | None = None) -> int:
                     result = fanout(kind, args, nodes, samples=samples, redis_nodes=roles)
                     report.setdefault("redis_modes", {})[redis_mode] = with_marginal(result, idle)
                 elif scenario == "idle_per_server":
-                    result = asyncio.run(hold_idle(kind, nodes, args.idle_per_server, 0))
+                    result = asyncio.run(hold_idle(kind, nodes, args.idle_per_server))
                     report.setdefault("idle_per_server", {})[kind] = result
                 else:
-                    report["idle"] = asyncio.run(hold_idle(kind, nodes, args.idle, 5.0, args.jobs))
+                    report["scale"] = asyncio.run(scale(args, nodes))
             finally:
                 for node in nodes:
                     node.stop()

@@ -69,8 +69,8 @@ def test_make_bench_compares_three_servers_with_tiny_numbers() -> None:
     once to every subscriber, initiate requests during the stream all succeed, and the table
     names every row."""
     out = subprocess.run(
-        [sys.executable, str(RUN), "--scenario", "fanout,sse,initiate,idle,cluster",
-         "--subscribers", "20", "--jobs", "2", "--seconds", "4", "--idle", "30",
+        [sys.executable, str(RUN), "--scenario", "fanout,sse,initiate,scale,cluster",
+         "--subscribers", "20", "--jobs", "2", "--seconds", "4", "--scale-sockets", "50",
          "--idle-per-server", "10", "--initiate-rate", "20", "--messages", "30"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
@@ -94,8 +94,12 @@ def test_make_bench_compares_three_servers_with_tiny_numbers() -> None:
     assert initiate["errors"] == 0, initiate["error_examples"]
     assert 0 < initiate["latency_ms"]["p50"] <= initiate["latency_ms"]["max"]
     assert report["initiate"]["lost_frames"] == 0
-    assert report["idle"]["still_open"] == 30
-    assert report["idle"]["event_loop_lag_max_ms"]
+    scale = report["scale"]
+    assert (scale["replicas"], scale["idle_sockets"], scale["still_open"]) == (4, 30, 30)
+    assert scale["streaming"]["lost_frames"] == 0
+    assert scale["streaming"]["unfinished_subscribers"] == 0
+    assert len(scale["event_loop_lag_max_ms"]) == 4
+    assert all(lag > 0 for lag in scale["event_loop_lag_max_ms"].values())
     for server in ("delineate", "delineate-sse", "socketio", "broadcaster"):
         assert f"| {server} |" in out.stderr
     assert "initiate under load: " in out.stderr
