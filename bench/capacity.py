@@ -20,7 +20,10 @@ from typing import Any
 
 def measured(report: dict[str, Any]) -> dict[str, float]:
     """The per-unit costs the model needs, read from a `make bench` report."""
-    missing = {"fanout", "scale", "redis_modes", "pubsub_reader"} - report.keys()
+    # Reports before 2026-12-03 measured sockets per replica in an "idle" scenario.
+    missing = {"fanout", "redis_modes", "pubsub_reader"} - report.keys()
+    if not {"scale", "idle"} & report.keys():
+        missing.add("scale")
     if missing:
         raise SystemExit(f"not a full `make bench` report (--scenario all): no {sorted(missing)}")
     params = report["parameters"]
@@ -32,8 +35,13 @@ def measured(report: dict[str, Any]) -> dict[str, float]:
     def of(role: str, nodes: dict[str, float]) -> float:
         return sum(v for k, v in nodes.items() if k.startswith(role))
 
-    scale = report["scale"]
-    held = scale["still_open"] + scale["streaming"]["subscribers"]["websocket"]
+    if "scale" in report:
+        scale = report["scale"]
+        held = scale["still_open"] + scale["streaming"]["subscribers"]["websocket"]
+        replicas = scale["replicas"]
+    else:
+        scale = report["idle"]
+        held, replicas = scale["still_open"], params["replicas"]
     return {
         # Replica CPU per frame delivered on a socket (steady state, WebSocket), with the
         # frame's pub/sub message shared by subscribers_per_job / replicas sockets.
@@ -46,7 +54,7 @@ def measured(report: dict[str, Any]) -> dict[str, float]:
             "cpu_us_per_message"
         ],
         "kib_per_idle_socket": scale["kib_per_idle_socket"],
-        "sockets_per_replica_measured": held / scale["replicas"],
+        "sockets_per_replica_measured": held / replicas,
         # Redis CPU per frame a job publishes (the report's is per delivered frame).
         "redis_us_per_published_frame_one_node": of("primary", single) * subscribers_per_job,
         "redis_replica_us_per_published_frame_one_node": of("replica", single)

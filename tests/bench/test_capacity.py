@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.capacity import model
+from bench.capacity import measured, model
 
 COSTS = {
     "replica_us_per_delivered_frame": 20.0,
@@ -43,3 +43,31 @@ def test_watchers_spread_at_random_multiply_the_pubsub_fan_in() -> None:
     assert spread["replica_processes_for_cpu"] > routed["replica_processes_for_cpu"]
     # 200,000 frames/s x 40 us = 8 cores of Redis: 16 primaries at half a core each.
     assert spread["redis_primaries"] == 16
+
+
+def report_with(**sockets: object) -> dict[str, object]:
+    """The smallest `make bench` report ``measured`` reads, with the given sockets run."""
+    cpu = {"server_cpu_us_per_frame": 28.0}
+    redis = {"redis_cpu_us_per_frame_marginal": {"primary-1": 3.0, "replica-2": 1.0}}
+    return {
+        "parameters": {"subscribers": 5000, "jobs": 100, "replicas": 2},
+        "fanout": {"delineate": cpu, "delineate-sse": cpu},
+        "redis_modes": {"replicated": redis, "cluster": redis},
+        "pubsub_reader": {"readers": {"broker reader": {"cpu_us_per_message": 35.0}}},
+        **sockets,
+    }
+
+
+def test_sockets_per_replica_come_from_the_scale_run_or_an_older_idle_run() -> None:
+    """The scale run counts its idle and its streaming sockets over its own replicas; a report
+    from before it (an "idle" run on the fan-out's replicas) still models."""
+    scale = {
+        "replicas": 4, "still_open": 45_000, "kib_per_idle_socket": 14.0,
+        "streaming": {"subscribers": {"websocket": 5000}},
+    }  # fmt: skip
+    assert measured(report_with(scale=scale))["sockets_per_replica_measured"] == 12_500
+    idle = {"still_open": 20_000, "kib_per_idle_socket": 13.9}
+    older = measured(report_with(idle=idle))
+    assert (older["sockets_per_replica_measured"], older["kib_per_idle_socket"]) == (10_000, 13.9)
+    with pytest.raises(SystemExit, match="scale"):
+        measured(report_with())
