@@ -25,7 +25,7 @@ async def serving(
     *,
     deflate: bool = False,
     ws: Any = "websockets-sansio",
-    http: str = "httptools",
+    http: Any = "httptools",
     lifespan: str = "off",
 ) -> AsyncIterator[str]:
     """``app`` served until the block ends; yields its ``ws://`` base URL."""

@@ -132,6 +132,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         if not self._refused:  # the parser reports an upgrade even after a refused head
             super().handle_websocket_upgrade()
+            # The parser holds this object's bound methods, a cycle only the collector would
+            # free: a burst of handshakes would leave thousands for one long collection.
+            del self.parser
 
     # --- parser callbacks --------------------------------------------------------------
 
