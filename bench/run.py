@@ -332,8 +332,8 @@ class Holders:
         return alive
 
 
-async def hold_idle(kind: str, nodes: list[Any], count: int) -> dict[str, Any]:
-    """Open ``count`` idle sockets on the replicas and measure the memory they take."""
+async def open_held(kind: str, nodes: list[Any], count: int) -> tuple[Holders, dict[str, Any]]:
+    """Open ``count`` idle sockets on the replicas: their holders, and the memory they took."""
     before = {n.name: rss_kib(n.pid or 0) for n in nodes}
     started = time.monotonic()
     holders = Holders(kind, nodes, count)
@@ -341,18 +341,21 @@ async def hold_idle(kind: str, nodes: list[Any], count: int) -> dict[str, Any]:
     opened_s = time.monotonic() - started
     await asyncio.sleep(1.0)
     after = {n.name: rss_kib(n.pid or 0) for n in nodes}
-    return {
-        "server": kind,
+    grown = sum(after.values()) - sum(before.values())
+    return holders, {
         "idle_sockets": count,
         "opened": opened,
-        "still_open": await holders.close(),
         "seconds_to_open": round(opened_s, 2),
         "replica_rss_kib_before": before,
         "replica_rss_kib_after": after,
-        "kib_per_idle_socket": round((sum(after.values()) - sum(before.values())) / count, 2)
-        if count
-        else None,
+        "kib_per_idle_socket": round(grown / count, 2) if count else None,
     }
+
+
+async def hold_idle(kind: str, nodes: list[Any], count: int) -> dict[str, Any]:
+    """Open ``count`` idle sockets on the replicas and measure the memory they take."""
+    holders, memory = await open_held(kind, nodes, count)
+    return {"server": kind, **memory, "still_open": await holders.close()}
 
 
 async def scale(args: argparse.Namespace, nodes: list[Any]) -> dict[str, Any]:
@@ -360,14 +363,7 @@ async def scale(args: argparse.Namespace, nodes: list[Any]) -> dict[str, Any]:
     idle (memory measured with only those open), then the usual fan-out to the rest while
     the idle ones stay open. Every replica's worst event-loop lag in the fan-out's steady
     window, and over the whole fan-out (the subscribers' ramp and the jobs' ends too)."""
-    idle_count = args.scale_sockets - args.subscribers
-    before = {n.name: rss_kib(n.pid or 0) for n in nodes}
-    started = time.monotonic()
-    holders = Holders("delineate", nodes, idle_count)
-    opened = await holders.open()
-    opened_s = time.monotonic() - started
-    await asyncio.sleep(1.0)
-    after = {n.name: rss_kib(n.pid or 0) for n in nodes}
+    holders, memory = await open_held("delineate", nodes, args.scale_sockets - args.subscribers)
     lag_before = {n.name: lag_buckets(n.url) for n in nodes}
     run = asyncio.create_task(asyncio.to_thread(fanout, "delineate", args, nodes))
     try:
@@ -384,14 +380,9 @@ async def scale(args: argparse.Namespace, nodes: list[Any]) -> dict[str, Any]:
     return {
         "sockets": args.scale_sockets,
         "replicas": len(nodes),
-        "idle_sockets": idle_count,
-        "opened": opened,
+        **memory,
         "still_open": alive,
-        "seconds_to_open": round(opened_s, 2),
-        "replica_rss_kib_before": before,
-        "replica_rss_kib_idle": after,
         "replica_rss_kib_peak": streaming.get("server_peak_rss_kib"),
-        "kib_per_idle_socket": round((sum(after.values()) - sum(before.values())) / idle_count, 2),
         "event_loop_lag_max_ms": steady,
         "event_loop_lag_max_ms_whole_run": whole,
         "streaming": streaming,
