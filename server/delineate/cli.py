@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("single", "cluster", "sentinel"),
         default="single",
         help="one redis-server (default), a Cluster of 3 primaries + 3 replicas, "
-        "or a primary + replica + 3 sentinels",
+        "or a primary + 2 replicas + 3 sentinels",
     )
     p.set_defaults(run=stack)
     args = parser.parse_args(argv)

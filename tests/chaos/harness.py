@@ -126,7 +126,7 @@ class Deployment:
         if self.redis_mode == "cluster":
             return list(self.redis.nodes)
         if self.redis_mode == "sentinel":
-            return [self.redis.primary, self.redis.replica]
+            return list(self.redis.nodes)
         return [self.redis]
 
     def heal(self) -> None:

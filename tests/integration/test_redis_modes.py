@@ -317,8 +317,8 @@ def sentinel_backend(tmp_path: Path, s3_server: SeaweedS3) -> Iterator[Backend]:
 async def test_a_failover_that_lost_writes_moves_the_jobs_to_a_new_epoch(
     sentinel_backend: Backend, tmp_path: Path
 ) -> None:
-    """The replica is stopped (SIGSTOP) and its link cut while jobs write frames, so the
-    primary acknowledges writes the replica never gets; then the primary is killed and the
+    """The replicas are stopped (SIGSTOP) and their links cut while jobs write frames, so the
+    primary acknowledges writes the replicas never get; then the primary is killed and a
     replica, resumed, is promoted without them. The jobs' writers are ahead of the new
     primary: each job moves to a new epoch, and every watcher gets a ``recovered: false``
     snapshot, then every later frame and the terminal one (none drops them as duplicates)."""
@@ -330,19 +330,25 @@ async def test_a_failover_that_lost_writes_moves_the_jobs_to_a_new_epoch(
 
     async def lose_writes() -> None:
         stale = group.node_of(group.primary_port())
-        follower = group.replica if stale is group.primary else group.primary
-        assert follower.popen is not None
-        follower.popen.send_signal(signal.SIGSTOP)
+        followers = [node for node in group.nodes if node is not stale]
+        for follower in followers:
+            assert follower.popen is not None
+            follower.popen.send_signal(signal.SIGSTOP)
         try:
-            # Cut the replication link too: what the primary sent before sits in the stopped
-            # replica's socket buffer and would still arrive; what follows will not.
             with redis.Redis(port=stale.port, socket_timeout=2) as primary:
+                # Without the stack's write guard, as Redis runs by default: the primary
+                # acknowledges writes that no replica has.
+                primary.config_set("min-replicas-to-write", 0)
+                # Cut the replication links too: what the primary sent before sits in the
+                # stopped replicas' socket buffers and would still arrive; what follows won't.
                 primary.execute_command("CLIENT", "KILL", "TYPE", "replica")
             await asyncio.sleep(1.5)  # frames acknowledged by the primary alone
             stale.kill()
             await asyncio.sleep(0.5)
         finally:
-            follower.popen.send_signal(signal.SIGCONT)
+            for follower in followers:
+                assert follower.popen is not None
+                follower.popen.send_signal(signal.SIGCONT)
 
     try:
         tally, outcomes = await run_and_watch(replicas, lose_writes, 10, 60)

@@ -349,19 +349,30 @@ class RedisCluster:
 
 
 class RedisSentinels:
-    """A primary, its replica and three sentinels on loopback (quorum 2). A primary that is
-    down for a second is failed over to the replica."""
+    """A primary, two replicas and three sentinels on loopback (quorum 2). A primary that is
+    down for a second is failed over to a replica.
+
+    Every node runs with ``min-replicas-to-write 1``: a primary with no live replica refuses
+    writes (``NOREPLICAS``). A killed primary that restarts from its own files believes it
+    is still the primary until the sentinels demote it; alone, it now refuses the writes it
+    would otherwise take and then lose. With two replicas the promoted one keeps the other,
+    so writes go on after a failover while the old primary is still away."""
 
     SERVICE = "delineate"
+    WRITE_GUARD = ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"]
 
     def __init__(self, log_dir: Path, fsync: str = "always", down_after_ms: int = 1000) -> None:
-        self.primary = RedisServer(log_dir, name="redis-primary", fsync=fsync)
-        self.replica = RedisServer(
-            log_dir,
-            name="redis-replica",
-            fsync=fsync,
-            extra=["--replicaof", "127.0.0.1", str(self.primary.port)],
+        self.primary = RedisServer(
+            log_dir, name="redis-primary", fsync=fsync, extra=self.WRITE_GUARD
         )
+        follow = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.replicas = [
+            RedisServer(
+                log_dir, name=f"redis-replica-{i}", fsync=fsync, extra=[*follow, *self.WRITE_GUARD]
+            )
+            for i in range(2)
+        ]
+        self.nodes = [self.primary, *self.replicas]
         self.sentinels: list[Managed] = []
         self.sentinel_ports = [free_port() for _ in range(3)]
         for i, port in enumerate(self.sentinel_ports):
@@ -382,8 +393,8 @@ class RedisSentinels:
     def start(self) -> None:
         import redis
 
-        self.primary.start()
-        self.replica.start()
+        for node in self.nodes:
+            node.start()
         for sentinel in self.sentinels:
             sentinel.start()
 
@@ -392,24 +403,28 @@ class RedisSentinels:
                 with redis.Redis(port=port, socket_timeout=1) as client:
                     others = client.execute_command("SENTINEL", "SENTINELS", self.SERVICE)
                     replicas = client.execute_command("SENTINEL", "REPLICAS", self.SERVICE)
-                    if len(others) < 2 or not replicas:
+                    if len(others) < 2 or len(replicas) < len(self.replicas):
                         return False
             return True
 
-        wait_for(self.replicated, 30, "the replica to sync")
-        wait_for(known, 30, "the sentinels to know each other and the replica")
+        wait_for(self.replicated, 30, "the replicas to sync")
+        wait_for(known, 30, "the sentinels to know each other and the replicas")
 
     def replicated(self) -> bool:
-        """Both nodes up, the one the sentinels name is the primary, the other follows it."""
+        """Every node up, the one the sentinels name is the primary, the others follow it."""
         import redis
 
-        if not (self.primary.alive and self.replica.alive):
+        if not all(node.alive for node in self.nodes):
             return False
         primary = self.primary_port()
-        follower = self.replica if primary == self.primary.port else self.primary
-        with redis.Redis(port=follower.port, socket_timeout=1) as client:
-            info = client.info("replication")
-        return bool(info.get("master_link_status") == "up" and info["master_port"] == primary)
+        for follower in self.nodes:
+            if follower.port == primary:
+                continue
+            with redis.Redis(port=follower.port, socket_timeout=1) as client:
+                info = client.info("replication")
+            if info.get("master_link_status") != "up" or info["master_port"] != primary:
+                return False
+        return True
 
     def primary_port(self) -> int:
         """The primary's port as the first sentinel that answers names it."""
@@ -425,14 +440,14 @@ class RedisSentinels:
         raise StackError("no sentinel answers")
 
     def node_of(self, port: int) -> RedisServer:
-        return self.primary if self.primary.port == port else self.replica
+        return next(node for node in self.nodes if node.port == port)
 
     @property
     def alive(self) -> bool:
-        return self.primary.alive or self.replica.alive
+        return any(node.alive for node in self.nodes)
 
     def stop(self) -> None:
-        for process in (*self.sentinels, self.replica, self.primary):
+        for process in (*self.sentinels, *reversed(self.nodes)):
             process.stop()
 
 
@@ -529,7 +544,7 @@ class StackOptions(msgspec.Struct, kw_only=True):
     data_dir: str = ""
     redis: str = "single"
     """"single" (one redis-server), "cluster" (3 primaries + 3 replicas) or "sentinel"
-    (primary + replica + 3 sentinels)."""
+    (primary + 2 replicas + 3 sentinels)."""
     env: dict[str, str] = msgspec.field(default_factory=dict)
 
 

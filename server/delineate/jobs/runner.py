@@ -147,14 +147,17 @@ class JobRunner:
                 "job.run", context=tracing.context_of(record.traceparent), attributes=attributes
             ) as span:
                 log.info("job started (attempt %d)", job.attempt + 1)
-                await self._run(record)
+                if not await self._run(record):
+                    span.set_attribute("job.status", "not_run")
+                    return
                 log.info("job %s", job.status.value)
                 span.set_attribute("job.status", job.status.value)
                 span.set_attribute("job.attempt", job.attempt)
         finally:
             logs.job_id_var.reset(token)
 
-    async def _run(self, record: JobRecord) -> None:
+    async def _run(self, record: JobRecord) -> bool:
+        """Run the attempt; False when the claim found the job changed (nothing ran)."""
         emitter = FrameEmitter(
             journal=self._journal,
             record=record,
@@ -178,7 +181,7 @@ class JobRunner:
             own = isinstance(exc, Fenced | StatusMoved) and await self._claimed_already(record)
             if not own:
                 log.info("job %s changed before it started (%s); not running it", job.job_id, exc)
-                return
+                return False
         output = _Output()
         try:
             await self._outcome(emitter, output)
@@ -191,12 +194,13 @@ class JobRunner:
             # says completed here, not in the store. _discard asks the store; shielded,
             # since the winning cancel's signal cancels this task at any moment.
             await asyncio.shield(self._discard(record, output.key))
-            return
+            return True
         if job.status is not JobStatus.COMPLETED:
             await asyncio.shield(self._discard(record, output.key))
         # The job ended by this attempt's hand: earlier attempts that died after their upload
         # (kill -9) left bundles nobody else will delete.
         await delete_bundles(self._storage, job.job_id, range(1, record.fence))
+        return True
 
     async def _claimed_already(self, record: JobRecord) -> bool:
         """A claim whose reply was lost (Redis went away mid-call) and that landed: the retry

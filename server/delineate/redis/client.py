@@ -11,6 +11,10 @@ its own, per command. ``CancellableWrites`` writes under ``asyncio.timeout`` ins
 same timeout and errors, the cancellation kept, no task.
 ``tests/server/test_redis_client.py`` shows the loss with redis-py's own class and its
 absence with this one.
+
+The same class turns a ``NOREPLICAS`` reply (a primary with no live replica refuses writes
+under ``min-replicas-to-write``) into a lost connection, as redis-py's Sentinel connections
+turn ``READONLY``: the retry reconnects, and through Sentinel finds the promoted primary.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
+from delineate.redis.errors import from_a_lost_primary
 from delineate.redis.url import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:  # the settings check REDIS_URL with this package's parser
@@ -63,6 +69,15 @@ class CancellableWrites(AbstractConnection):
             await self.disconnect(nowait=True)
             raise
 
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if not from_a_lost_primary(str(exc)):
+                raise
+            await self.disconnect()
+            raise ConnectionError(f"not a writable primary: {exc}") from exc
+
 
 def with_cancellable_writes(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     """``cls`` (plain, TLS or unix-socket connection, as the URL chose) with the fix mixed in."""
@@ -76,6 +91,13 @@ TIMEOUTS: dict[str, Any] = {
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
     "health_check_interval": 10,
+}
+
+# redis-py asks every new RESP3 connection to enable maintenance notifications (a managed
+# service's announcements of a node moving); a self-run primary refuses with an error: one
+# more round trip per connection, paid in every burst that grows the pool.
+WITHOUT_MAINT_NOTIFICATIONS: dict[str, Any] = {
+    "maint_notifications_config": MaintNotificationsConfig(enabled=False),
 }
 
 
@@ -104,6 +126,7 @@ def redis_client(settings: Settings) -> Any:
         retry=_retry(),
         retry_on_error=[ConnectionError, RedisTimeoutError],
         **TIMEOUTS,
+        **WITHOUT_MAINT_NOTIFICATIONS,
     )
     pool.connection_class = with_cancellable_writes(pool.connection_class)
     return aioredis.Redis.from_pool(pool)
@@ -132,6 +155,7 @@ def _sentinel_client(target: RedisTarget, settings: Settings) -> Any:
         retry=_retry(),
         retry_on_error=[ConnectionError, RedisTimeoutError],
         **TIMEOUTS,
+        **WITHOUT_MAINT_NOTIFICATIONS,
     )
     pool = client.connection_pool
     pool.connection_class = with_cancellable_writes(pool.connection_class)

@@ -17,6 +17,17 @@ from redis.exceptions import (
 
 from delineate.errors import BackendUnavailable
 
+NOT_A_WRITABLE_PRIMARY = ("READONLY", "NOREPLICAS")
+"""Error replies from a node that must not take this replica's writes: one demoted to a
+replica (a failover), or a primary with no live replica (``min-replicas-to-write``), as an old
+primary that restarted alone is until the sentinels demote it. Both are a lost connection:
+the next one asks Sentinel for the primary again."""
+
+
+def from_a_lost_primary(message: str) -> bool:
+    return message.startswith(NOT_A_WRITABLE_PRIMARY)
+
+
 CLUSTER_UNAVAILABLE = (ClusterDownError, ClusterError, RedisClusterException, TryAgainError)
 """A Cluster failing over or migrating past redis-py's retries: unavailable for now."""
 

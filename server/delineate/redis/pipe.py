@@ -21,8 +21,8 @@ Failures are redis-py's exceptions, so callers handle them as they handle the cl
 waiting gets it; the next call connects again), ``TimeoutError`` when a reply takes longer
 than the socket timeout (the connection is then dropped, as redis-py drops one whose read
 timed out), and ``ResponseError`` for an error reply, after which the pipe goes on; but a
-``READONLY`` reply (the node was demoted to a replica) is a lost connection, as redis-py's
-Sentinel connections treat it.
+``READONLY`` or ``NOREPLICAS`` reply (``delineate.redis.errors.from_a_lost_primary``) is a lost
+connection, as redis-py's Sentinel connections treat ``READONLY``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from delineate.redis.errors import from_a_lost_primary
 
 READ_SIZE = 65536
 DEFAULT_TIMEOUT_S = 5.0
@@ -85,9 +87,9 @@ class RedisPipe:
             raise RedisTimeoutError("Timeout reading from Redis") from None
         if isinstance(result, hiredis.ReplyError):
             message = str(result)
-            if message.startswith("READONLY"):
-                # The node was a primary and is a replica now (a failover demoted it): a
-                # lost connection, so the next call asks the pool (Sentinel) for the primary.
+            if from_a_lost_primary(message):
+                # A failover demoted the node, or it is a primary left alone: a lost
+                # connection, so the next call asks the pool (Sentinel) for the primary.
                 lost = RedisConnectionError(f"Redis pipe: {message}")
                 await self._drop(connection, lost)
                 raise lost

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError
@@ -61,3 +62,24 @@ async def test_a_write_to_a_dead_server_is_a_connection_error(
             await client.set("delineate:test:key", "x")
     finally:
         await client.aclose()
+
+
+async def test_a_primary_without_replicas_is_a_lost_connection(tmp_path: Path) -> None:
+    """A NOREPLICAS refusal (``min-replicas-to-write``, a primary left alone) is a lost
+    connection, which the backends report as Redis unavailable and a Sentinel pool answers by
+    asking for the primary again; reads still work, and writes once it may write again."""
+    alone = RedisServer(tmp_path, name="alone", fsync="none")
+    alone.start()
+    client = redis_client(Settings(redis_url=alone.url))
+    try:
+        await client.config_set("min-replicas-to-write", 1)
+        with pytest.raises(ConnectionError, match="NOREPLICAS"):
+            await client.set("delineate:test:key", "x")
+        with pytest.raises(ConnectionError, match="NOREPLICAS"):
+            await client.eval("return redis.call('SET', KEYS[1], 'x')", 1, "delineate:test:key")
+        assert await client.get("delineate:test:key") is None
+        await client.config_set("min-replicas-to-write", 0)
+        assert await client.set("delineate:test:key", "x")
+    finally:
+        await client.aclose()
+        alone.stop()

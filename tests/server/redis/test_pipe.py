@@ -186,3 +186,27 @@ async def test_a_primary_demoted_to_a_replica_is_a_lost_connection(tmp_path: Pat
         await client.aclose()
         demoted.stop()
         primary.stop()
+
+
+async def test_a_primary_left_without_replicas_is_a_lost_connection(tmp_path: Path) -> None:
+    """Under ``min-replicas-to-write`` a primary with no live replica (an old primary that
+    restarted alone, not yet demoted) refuses writes with NOREPLICAS, in a script too. The
+    pipe treats that as a lost connection, and reconnects once the primary may write again."""
+    alone = RedisServer(tmp_path, name="alone", fsync="none")
+    alone.start()
+    client = redis_client(Settings(redis_url=alone.url))
+    pipe = RedisPipe(client.connection_pool)
+    script = PipeScript("return redis.call('SET', KEYS[1], ARGV[1])")
+    try:
+        await pipe.call("CLIENT", "SETNAME", "before")
+        await client.config_set("min-replicas-to-write", 1)
+        with pytest.raises(RedisConnectionError, match="NOREPLICAS"):
+            await pipe.evalsha(script, ["k"], ["1"])
+        assert await pipe.call("GET", "k") is None  # reads are answered, on a new connection
+        assert await pipe.call("CLIENT", "GETNAME") is None
+        await client.config_set("min-replicas-to-write", 0)
+        assert await pipe.evalsha(script, ["k"], ["2"]) == b"OK"
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+        alone.stop()
