@@ -29,8 +29,10 @@ lint:
 typecheck:
 	$(BIN)/mypy
 
+# worksteal: an idle worker takes half of the other's queue, so a few long tests (the chaos
+# and bench runs) do not leave one worker waiting at the end.
 pytest:  ## the suite on PYTEST_WORKERS (2) processes; the slowest tests listed at the end
-	CI=$${CI:-true} $(BIN)/pytest -n $${PYTEST_WORKERS:-2} --durations=15
+	CI=$${CI:-true} $(BIN)/pytest -n $${PYTEST_WORKERS:-2} --dist worksteal --durations=15
 
 bench:  ## Delineate vs python-socketio vs broadcaster, fan-out + idle sockets on loopback; table + JSON
 	@bash .ci/install

@@ -2,7 +2,7 @@
 resuming watchers) against 3 real replicas, Redis and SeaweedFS; the checker must find no
 violation. ``make chaos`` runs the same for many more trials.
 
-CHAOS_SEED replays a run; CHAOS_TRIALS sizes it (default: 8 on one node, 4 on Cluster and
+CHAOS_SEED replays a run; CHAOS_TRIALS sizes it (default: 6 on one node, 4 on Cluster and
 Sentinel)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(("redis_mode", "default_trials"), [
-    ("single", 8), ("cluster", 4), ("sentinel", 4),
+    ("single", 6), ("cluster", 4), ("sentinel", 4),
 ])  # fmt: skip
 async def test_randomized_trials_under_faults_keep_every_guarantee(
     redis_mode: str, default_trials: int
