@@ -21,6 +21,11 @@ Scenario "cluster": Delineate's fan-out on one Redis primary with its replica an
 Cluster of 3 primaries + 3 replicas (``redis_modes``), with each Redis node's CPU per delivered
 frame in the steady window (raw, and less what the node spends idle) beside the replicas' own.
 
+Scenario "ceiling": each server (Node socket.io with its Redis adapter too) on one replica,
+stepping the subscribers (``--ceiling-steps`` x ``--rate`` frames/s, ``--ceiling-seconds`` each,
+fresh processes per step) until the p99 while streaming passes 50 ms or a frame is lost: the
+last step that held is the ceiling, in frames/s and per core the replica used.
+
 Prints a table (stderr) and the JSON report (stdout). Everything runs on 127.0.0.1, bounded in
 time, and is stopped by pid at the end.
 """
@@ -55,8 +60,10 @@ from delineate.devstack.stack import (  # noqa: E402
     wait_for,
 )
 
-SERVERS = ("delineate", "socketio", "broadcaster")
-SCENARIOS = ("fanout", "clients", "sse", "initiate", "scale", "cluster")
+SERVERS = ("delineate", "socketio", "broadcaster", "socketio-node")
+SCENARIOS = ("fanout", "clients", "sse", "initiate", "scale", "cluster", "ceiling")
+PROTOCOL = {"socketio-node": "socketio"}
+"""The load test's protocol for a server kind, where the two differ."""
 CLIENT_KINDS = {
     # (client, closing) runs beside each server's main row (the minimal client; for
     # Delineate it lets the server close, the references' clients close themselves).
@@ -64,6 +71,7 @@ CLIENT_KINDS = {
                   ("sdk", "server"), ("sdk", "client")],
     "socketio": [("websockets", "client")],
     "broadcaster": [("websockets", "client")],
+    "socketio-node": [("websockets", "client")],
 }  # fmt: skip
 REFERENCE_APPS = {
     "socketio": "bench.reference.socketio_server:app",
@@ -81,6 +89,30 @@ class ReferenceServer(Managed):
                 "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
                 "--no-access-log", "--log-level", "warning"]  # fmt: skip
         env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
+        super().__init__(name, argv, env, log_dir)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        self.wait_until(lambda: http_ok(f"{self.url}/health"), 20, f"{self.name} to answer")
+
+
+class NodeReferenceServer(Managed):
+    """Node socket.io with its Redis adapter (``bench/reference/socketio_node``), its packages
+    from ``.cache/npm``, where ``make test`` and ``make bench`` install them."""
+
+    MODULES = ROOT / ".cache" / "npm" / "node_modules"
+
+    def __init__(self, name: str, redis_url: str, log_dir: Path) -> None:
+        from delineate.devstack.stack import require
+
+        if not (self.MODULES / "socket.io").is_dir():
+            raise SystemExit(f"socket.io is not installed in {self.MODULES}: run `make install`")
+        self.port = free_port()
+        argv = [require("node"), str(BENCH / "reference" / "socketio_node" / "server.js")]
+        env = {**os.environ, "PORT": str(self.port), "REDIS_URL": redis_url,
+               "NODE_PATH": str(self.MODULES)}  # fmt: skip
         super().__init__(name, argv, env, log_dir)
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -156,6 +188,8 @@ def start_servers(
             **(env or {}),
         }
         nodes = [Replica(f"bench-{i}", settings, tmp) for i in range(replicas)]
+    elif kind == "socketio-node":
+        nodes = [NodeReferenceServer(f"{kind}-{i}", redis.url, tmp) for i in range(replicas)]
     else:
         app = REFERENCE_APPS[kind]
         nodes = [ReferenceServer(f"{kind}-{i}", app, redis.url, tmp) for i in range(replicas)]
@@ -185,19 +219,14 @@ def redis_roles(redis: Redis) -> list[tuple[str, int]]:
     ]
 
 
-IDLE_WINDOW_S = 5.0
-
-
-def idle_cpu_rate(roles: Sequence[tuple[str, int]]) -> dict[str, float]:
+def idle_cpu_rate(roles: Sequence[tuple[str, int]], seconds: float) -> dict[str, float]:
     """Each Redis node's CPU-us per second with the replicas up and no job: the polling,
     leases and (Cluster) the bus and replication pings, paid whatever the frame rate."""
     from bench.loadtest import process_usage
 
     before = {name: process_usage(pid)[0] for name, pid in roles}
-    time.sleep(IDLE_WINDOW_S)
-    return {
-        name: (process_usage(pid)[0] - before[name]) * 1e6 / IDLE_WINDOW_S for name, pid in roles
-    }
+    time.sleep(seconds)
+    return {name: (process_usage(pid)[0] - before[name]) * 1e6 / seconds for name, pid in roles}
 
 
 def with_marginal(result: dict[str, Any], idle_us_per_s: dict[str, float]) -> dict[str, Any]:
@@ -223,7 +252,7 @@ def fanout(
     with ``samples``, every latency sample is written there. ``client`` and ``closing`` are
     the load test's client kind and what it does after the terminal frame."""
     ws, sse_count = (0, args.subscribers) if sse else (args.subscribers, 0)
-    argv = [sys.executable, str(BENCH / "loadtest.py"), "--protocol", kind,
+    argv = [sys.executable, str(BENCH / "loadtest.py"), "--protocol", PROTOCOL.get(kind, kind),
             "--subscribers", str(ws), "--sse", str(sse_count),
             "--jobs", str(args.jobs), "--files-per-job", "1", "--rate", str(args.rate),
             "--seconds", str(args.seconds),
@@ -249,6 +278,80 @@ def fanout(
         raise SystemExit(f"load test of {kind} failed:\n{out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout)
     return result
+
+
+CEILING_P99_MS = 50.0
+CEILING_STEPS = (500, 1000, 2000, 3000, 4000, 6000, 8000, 11000, 15000)
+"""Subscribers per step (x --rate frames/s each): each under the descriptor limit."""
+
+
+def ceiling(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """One replica (and Redis) under more subscribers each step, on fresh processes, until the
+    p99 while streaming passes CEILING_P99_MS or a frame is lost: the last step that held is
+    the ceiling, in frames per second for the replica and per core it used."""
+    steps: list[dict[str, Any]] = []
+    for subscribers in args.ceiling_steps:
+        step_args = argparse.Namespace(
+            **{**vars(args), "subscribers": subscribers, "seconds": args.ceiling_seconds}
+        )
+        sys.stderr.write(f"ceiling: {kind}, {subscribers} subscribers\n")
+        redis, nodes = start_servers(kind, step_args, tmp / f"{kind}-{subscribers}", replicas=1)
+        try:
+            result = fanout(kind, step_args, nodes)
+        finally:
+            for node in nodes:
+                node.stop()
+            redis.stop()
+        offered = subscribers * args.rate
+        us_per_frame = result.get("server_cpu_us_per_frame")
+        step = {
+            "subscribers": subscribers,
+            "frames_per_second": offered,
+            "p99_streaming_ms": result["latency_ms_while_streaming"]["p99"],
+            "p99_whole_run_ms": result["latency_ms"]["p99"],
+            "lost_frames": result["lost_frames"],
+            "unfinished_subscribers": result["unfinished_subscribers"],
+            "server_cpu_us_per_frame": us_per_frame,
+            # The replica's share of a core in the steady stream, and the load clients' (so a
+            # reader sees which side ran out first).
+            "server_cores": round(offered * us_per_frame / 1e6, 3) if us_per_frame else None,
+            "client_cores": round(
+                offered * (result["client"].get("cpu_us_per_frame") or 0) / 1e6, 3
+            ),
+        }
+        steps.append(step)
+        if not holds(step):
+            break
+    return ceiling_of(steps)
+
+
+def holds(step: dict[str, Any]) -> bool:
+    """A step held: p99 while streaming within the bound, every frame delivered."""
+    p99 = step["p99_streaming_ms"]
+    return (
+        p99 is not None
+        and p99 <= CEILING_P99_MS
+        and not step["lost_frames"]
+        and not step["unfinished_subscribers"]
+    )
+
+
+def ceiling_of(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last step that held (steps stop at the first that did not), per replica and per
+    core the replica used there."""
+    held = [step for step in steps if holds(step)]
+    last = held[-1] if held else None
+    return {
+        "p99_bound_ms": CEILING_P99_MS,
+        "steps": steps,
+        "ceiling_frames_per_second": last["frames_per_second"] if last else 0,
+        "ceiling_frames_per_second_per_core": (
+            round(last["frames_per_second"] / last["server_cores"])
+            if last and last["server_cores"]
+            else None
+        ),
+        "limited_by": "the steps' end" if steps and holds(steps[-1]) else "p99 or loss",
+    }
 
 
 def rss_kib(pid: int) -> int:
@@ -435,6 +538,8 @@ def table(report: dict[str, Any]) -> str:
         )
     if "clients" in report:
         rows += ["", clients_table(report)]
+    if "ceiling" in report:
+        rows += ["", ceiling_table(report["ceiling"])]
     if "initiate" in report:
         run = report["initiate"]
         load = run.get("initiate_under_load") or {}
@@ -500,6 +605,28 @@ def clients_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def ceiling_table(ceilings: dict[str, Any]) -> str:
+    """Each server's steps on one replica, and the ceiling each reached."""
+    columns = ["server", "subscribers", "frames/s", "p99 streaming", "p99 whole run", "lost",
+               "replica cores", "client cores"]  # fmt: skip
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for kind, run in ceilings.items():
+        for step in run["steps"]:
+            rows.append(
+                f"| {kind} | {step['subscribers']:,} | {step['frames_per_second']:,.0f} "
+                f"| {step['p99_streaming_ms']} ms | {step['p99_whole_run_ms']} ms "
+                f"| {step['lost_frames']} | {step['server_cores']} | {step['client_cores']} |"
+            )
+    for kind, run in ceilings.items():
+        rows.append(
+            f"ceiling {kind}: {run['ceiling_frames_per_second']:,.0f} frames/s on one replica "
+            f"(p99 <= {run['p99_bound_ms']:.0f} ms), "
+            f"{run['ceiling_frames_per_second_per_core']} frames/s per core; limited by "
+            f"{run['limited_by']}"
+        )
+    return "\n".join(rows)
+
+
 TERMINAL = ("completed", "failed", "cancelled")
 
 
@@ -534,8 +661,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-replicas", type=int, default=4, help="replicas, scale scenario")
     parser.add_argument("--idle-per-server", type=int, default=5000, help="idle sockets per server")
     parser.add_argument(
+        "--ceiling-seconds", type=float, default=10, help="seconds per step, ceiling scenario"
+    )
+    parser.add_argument(
+        "--ceiling-steps", type=lambda text: [int(n) for n in text.split(",")],
+        default=list(CEILING_STEPS), help="subscribers per step, comma-separated, ceiling scenario",
+    )  # fmt: skip
+    parser.add_argument(
         "--messages", type=int, default=3000, help="pub/sub messages, cluster scenario's reader"
     )
+    parser.add_argument(
+        "--redis-idle-seconds", type=float, default=5,
+        help="seconds each Redis node's idle CPU is measured, cluster scenario",
+    )  # fmt: skip
     parser.add_argument(
         "--keep",
         metavar="DIR",
@@ -590,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("scale", "delineate"))
         if "cluster" in scenarios and "delineate" in servers:
             runs += [("redis-replicated", "delineate"), ("redis-cluster", "delineate")]
+        if "ceiling" in scenarios:
+            for kind in servers:
+                report.setdefault("ceiling", {})[kind] = ceiling(kind, args, Path(tmp) / "ceiling")
         for scenario, kind in runs:
             sys.stderr.write(f"{scenario}: {kind}\n")
             run_dir = Path(tmp) / f"{scenario}-{kind}"
@@ -625,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
                     # The same fan-out on one Redis node and on a Cluster of 3 primaries (+3
                     # replicas), each node's CPU per frame measured.
                     roles = redis_roles(redis)
-                    idle = idle_cpu_rate(roles)
+                    idle = idle_cpu_rate(roles, args.redis_idle_seconds)
                     result = fanout(kind, args, nodes, samples=samples, redis_nodes=roles)
                     report.setdefault("redis_modes", {})[redis_mode] = with_marginal(result, idle)
                 elif scenario == "idle_per_server":

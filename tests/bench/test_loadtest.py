@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bench.run import ceiling_of
 from tests.support.processes import Replica
 
 pytestmark = pytest.mark.integration
@@ -67,11 +68,12 @@ def test_make_bench_compares_three_servers_with_tiny_numbers() -> None:
     """`make bench` end to end with tiny numbers: Delineate (over WebSocket and over SSE, on
     one Redis node and on a Cluster), python-socketio and broadcaster each deliver every frame
     once to every subscriber, initiate requests during the stream all succeed, and the table
-    names every row."""
+    names every row. (Node socket.io runs in the ceiling test.)"""
     out = subprocess.run(
         [sys.executable, str(RUN), "--scenario", "fanout,sse,initiate,scale,cluster",
-         "--subscribers", "20", "--jobs", "2", "--seconds", "4", "--scale-sockets", "50",
-         "--idle-per-server", "10", "--initiate-rate", "20", "--messages", "30"],
+         "--servers", "delineate,socketio,broadcaster", "--subscribers", "20", "--jobs", "2",
+         "--seconds", "4", "--scale-sockets", "50", "--idle-per-server", "10",
+         "--initiate-rate", "20", "--messages", "30", "--redis-idle-seconds", "1"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -133,6 +135,53 @@ def test_make_bench_runs_every_client_kind_with_tiny_numbers() -> None:
         kind, client, closing = name.split()
         row = f"| {kind} | {client} | {'server' if closing == 'server' else 'client'} closes |"
         assert row in out.stderr, name
+
+
+@pytest.mark.timeout(300)
+def test_make_bench_finds_each_servers_ceiling_with_tiny_numbers() -> None:
+    """The ceiling scenario steps one replica's load (here 10, then 20 subscribers) for
+    Delineate and for Node socket.io with its Redis adapter: every step delivers every frame
+    once and reports who spent the CPU, and a server whose steps all held is at the steps' end."""
+    out = subprocess.run(
+        [sys.executable, str(RUN), "--scenario", "ceiling", "--servers", "delineate,socketio-node",
+         "--ceiling-steps", "10,20", "--ceiling-seconds", "2", "--jobs", "2"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    ceilings = json.loads(out.stdout)["ceiling"]
+    assert set(ceilings) == {"delineate", "socketio-node"}
+    for kind, run in ceilings.items():
+        steps = run["steps"]
+        assert [step["subscribers"] for step in steps] == [10, 20][: len(steps)], kind
+        assert steps[0]["frames_per_second"] == 10 * 2, kind
+        for step in steps:
+            assert step["lost_frames"] == 0, (kind, step)
+            assert step["unfinished_subscribers"] == 0, (kind, step)
+            assert step["server_cores"] > 0, (kind, step)
+            assert step["client_cores"] > 0, (kind, step)
+        assert run == ceiling_of(steps), kind  # the summary is the steps' own
+        assert f"ceiling {kind}: " in out.stderr
+
+
+def test_the_ceiling_is_the_last_step_that_held() -> None:
+    """Steps stop at the first whose p99 passes the bound or that lost a frame; the ceiling
+    is the step before, per replica and per core it used."""
+
+    def step(subscribers: int, p99: float | None, lost: int = 0) -> dict[str, Any]:
+        return {"subscribers": subscribers, "frames_per_second": subscribers * 2,
+                "p99_streaming_ms": p99, "lost_frames": lost, "unfinished_subscribers": 0,
+                "server_cores": 0.5}  # fmt: skip
+
+    slow = ceiling_of([step(500, 8.0), step(1000, 20.0), step(2000, 51.0)])
+    assert slow["ceiling_frames_per_second"] == 2000
+    assert slow["ceiling_frames_per_second_per_core"] == 4000
+    assert slow["limited_by"] == "p99 or loss"
+    lossy = ceiling_of([step(500, 8.0), step(1000, 9.0, lost=1)])
+    assert lossy["ceiling_frames_per_second"] == 1000
+    never = ceiling_of([step(500, None)])
+    assert never["ceiling_frames_per_second"] == 0
+    assert never["ceiling_frames_per_second_per_core"] is None
+    assert ceiling_of([step(500, 8.0), step(1000, 50.0)])["limited_by"] == "the steps' end"
 
 
 def check_redis_modes(report: dict[str, Any], table: str) -> None:
