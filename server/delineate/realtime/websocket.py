@@ -287,6 +287,9 @@ class SocketSession:
                 raise  # cancelled from outside (shutdown)
             main.uncancel()  # the writer ended (done, overflowed or broken): stop reading
         finally:
+            # A writer that ended in the same step as reading has its callback scheduled
+            # already (removing it is too late): with no task to cancel it does nothing.
+            self._main = None
             self._outbox.start_writer = None
             writer = self._writer
             if writer is not None:
