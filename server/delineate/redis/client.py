@@ -210,6 +210,9 @@ def without_retries(client: aioredis.Redis) -> aioredis.Redis:
     are never retried: for the broker's pub/sub connection, whose listener must see every
     disconnect to resubscribe and resync (redis-py would reconnect it silently)."""
     pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "retry_on_error": []}
+    kwargs = {
+        **pool.connection_kwargs, **WITHOUT_MAINT_NOTIFICATIONS,
+        "retry": Retry(NoBackoff(), 0), "retry_on_error": [],
+    }  # fmt: skip
     own = aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
     return aioredis.Redis.from_pool(own)
