@@ -98,7 +98,7 @@ class ReferenceServer(Managed):
         self.wait_until(lambda: http_ok(f"{self.url}/health"), 20, f"{self.name} to answer")
 
 
-class NodeReferenceServer(Managed):
+class NodeReferenceServer(ReferenceServer):
     """Node socket.io with its Redis adapter (``bench/reference/socketio_node``), its packages
     from ``.cache/npm``, where ``make test`` and ``make bench`` install them."""
 
@@ -113,13 +113,9 @@ class NodeReferenceServer(Managed):
         argv = [require("node"), str(BENCH / "reference" / "socketio_node" / "server.js")]
         env = {**os.environ, "PORT": str(self.port), "REDIS_URL": redis_url,
                "NODE_PATH": str(self.MODULES)}  # fmt: skip
-        super().__init__(name, argv, env, log_dir)
+        Managed.__init__(self, name, argv, env, log_dir)  # not uvicorn: only start() is shared
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        super().start()
-        self.wait_until(lambda: http_ok(f"{self.url}/health"), 20, f"{self.name} to answer")
 
 
 class ReplicatedRedis:
