@@ -39,7 +39,8 @@ from delineate.errors import Conflict
 from delineate.jobstore.base import JobStore
 from delineate.record import Head, JobRecord
 from delineate.redis import keys as keys
-from delineate.redis.client import is_cluster
+from delineate.redis.client import command_retry, is_cluster
+from delineate.redis.cluster import pipe_of
 from delineate.redis.errors import unavailable_on_disconnect
 from delineate_protocol.frames import JobStatus
 
@@ -101,6 +102,10 @@ return 1
 """
 
 
+async def _ignore(error: Exception) -> None:
+    """A failed attempt needs no clean-up: the pipe dropped its connection already."""
+
+
 def head_from_reply(fields: Sequence[bytes | None]) -> Head:
     """The head from ``HMGET status fence epoch seq attempt`` (or the journal script's
     answer); a job stored before attempts had tokens has none."""
@@ -135,6 +140,8 @@ class RedisJobStore(JobStore):
         self._taken: collections.deque[str] = collections.deque()
         """Jobs read and leased but not handed to a worker yet (a read may return several)."""
         self.orphans_dropped = 0
+        self._pipe = pipe_of(client)
+        self._reads = command_retry()
         self._claim_slot = self._redis.register_script(CLAIM_SLOT)
         self._create = self._redis.register_script(CREATE)
         self._lease = self._redis.register_script(LEASE)
@@ -154,6 +161,7 @@ class RedisJobStore(JobStore):
             renewer.cancel()
         self._leases.clear()
         self._taken.clear()
+        await self._pipe.aclose()
 
     def new_job_id(self, idempotency_key: str | None, *, scope: str | None = None) -> str:
         job_id = str(uuid.uuid4())
@@ -195,15 +203,24 @@ class RedisJobStore(JobStore):
 
     @unavailable_on_disconnect
     async def get(self, job_id: str) -> JobRecord | None:
-        raw = await self._redis.hget(keys.job(job_id), "rec")
+        raw = await self._hash_read(keys.job(job_id), "HGET", "rec")
         return None if raw is None else _decode(raw)
 
     @unavailable_on_disconnect
     async def head(self, job_id: str) -> Head | None:
-        fields = await self._redis.hmget(
-            keys.job(job_id), "status", "fence", "epoch", "seq", "attempt"
+        fields = await self._hash_read(
+            keys.job(job_id), "HMGET", "status", "fence", "epoch", "seq", "attempt"
         )
         return None if fields[0] is None else head_from_reply(fields)
+
+    async def _hash_read(self, key: str, command: str, *args: str) -> Any:
+        # Through the pipe: every subscriber's handshake reads its job's record, and a
+        # burst of them (a replica's sockets reconnecting at once) then shares a few writes
+        # to Redis instead of a pool checkout and a round trip each. A read is safe to send
+        # again, so a lost connection is retried as the client retries.
+        return await self._reads.call_with_retry(
+            lambda: self._pipe.call_for(key, command, key, *args), _ignore
+        )
 
     @unavailable_on_disconnect
     async def save(self, record: JobRecord) -> None:

@@ -32,9 +32,9 @@ from delineate.journal.fencing import JobEnded, JobLost, StatusMoved, Superseded
 from delineate.record import Head, JobRecord, new_epoch
 from delineate.redis import keys as keys
 from delineate.redis.client import is_cluster
-from delineate.redis.cluster import ClusterPipe
+from delineate.redis.cluster import ClusterPipe, pipe_of
 from delineate.redis.errors import unavailable_on_disconnect
-from delineate.redis.pipe import PipeScript, RedisPipe
+from delineate.redis.pipe import PipeScript
 from delineate_protocol.frames import AnyFrame, JobStatus, encoder
 
 log = logging.getLogger("delineate.journal")
@@ -100,14 +100,8 @@ class RedisJournal(Journal):
     ) -> None:
         super().__init__(broker, store)
         self._cluster = is_cluster(client)
-        # One pipelined connection to the node, or one per primary of a Cluster.
-        self._pipe: RedisPipe | ClusterPipe
-        if self._cluster:
-            self._pipe = ClusterPipe(client)
-            self._append = PipeScript(APPEND_SHARDED)
-        else:
-            self._pipe = RedisPipe(client.connection_pool)
-            self._append = PipeScript(APPEND)
+        self._pipe = pipe_of(client)
+        self._append = PipeScript(APPEND_SHARDED if self._cluster else APPEND)
         self._history_max = history_max_frames
         self._retention_s = retention_s
         self.retries = 0

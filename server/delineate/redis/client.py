@@ -104,7 +104,9 @@ WITHOUT_MAINT_NOTIFICATIONS: dict[str, Any] = {
 CLUSTER_CONNECTIONS_PER_NODE = 2048
 
 
-def _retry() -> Retry:
+def command_retry() -> Retry:
+    """The client's retries of a command whose connection was lost (the job store's reads
+    through the pipe take the same)."""
     return Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
 
 
@@ -123,7 +125,7 @@ def redis_client(settings: Settings) -> Any:
         settings.redis_url,
         max_connections=64 + settings.job_concurrency,
         timeout=5,
-        retry=_retry(),
+        retry=command_retry(),
         retry_on_error=[ConnectionError, RedisTimeoutError],
         **TIMEOUTS,
         **WITHOUT_MAINT_NOTIFICATIONS,
@@ -152,7 +154,7 @@ def _sentinel_client(target: RedisTarget, settings: Settings) -> Any:
         password=target.password,
         ssl=target.tls,
         max_connections=64 + settings.job_concurrency,
-        retry=_retry(),
+        retry=command_retry(),
         retry_on_error=[ConnectionError, RedisTimeoutError],
         **TIMEOUTS,
         **WITHOUT_MAINT_NOTIFICATIONS,

@@ -37,6 +37,14 @@ REDIRECTS = 40
 WAIT_S = 0.05
 
 
+def pipe_of(client: Any) -> RedisPipe | ClusterPipe:
+    """A pipe to ``client``'s Redis: one pipelined connection to the node (or to the primary
+    a Sentinel names), or one per primary of a Cluster."""
+    from delineate.redis.client import is_cluster
+
+    return ClusterPipe(client) if is_cluster(client) else RedisPipe(client.connection_pool)
+
+
 class NodePool:
     """A connection factory for one cluster node, shaped as the pipe and reader expect."""
 

@@ -96,6 +96,10 @@ class RedisPipe:
             raise _response_error(message)
         return result
 
+    async def call_for(self, key: str, *args: str | int | bytes) -> Any:
+        """``call``: the one node holds every key (``ClusterPipe`` routes by ``key``)."""
+        return await self.call(*args)
+
     async def evalsha(
         self, script: PipeScript, keys: list[str], args: list[str | int | bytes]
     ) -> Any:

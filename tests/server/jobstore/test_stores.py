@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 
@@ -63,3 +66,31 @@ async def test_a_repeated_idempotency_key_returns_the_first_job_and_queues_nothi
     assert again.job.job_id == first.job.job_id
     assert await store.get(second.job.job_id) is None
     assert await store.queued() == 1
+
+
+async def test_a_read_whose_connection_is_lost_is_sent_again(redis_server: RedisServer) -> None:
+    """A job's record is read through the store's pipe; losing the connection while the read
+    waits for its reply (Redis restarted, a proxy's idle cut) costs a retry, not an error."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    store = RedisJobStore(client, retention_s=60, lease_ms=30_000)
+    await store.start()
+    assert redis_server.pid is not None
+    try:
+        record = new_record()
+        await store.create(record, None)
+        assert (await store.head(record.job.job_id)) is not None  # the pipe is connected
+        os.kill(redis_server.pid, signal.SIGSTOP)  # the reply cannot come before the cut
+        try:
+            read = asyncio.create_task(store.get(record.job.job_id))
+            await asyncio.sleep(0.1)
+            assert not read.done()
+            store._pipe._connection._writer.transport.abort()  # type: ignore[union-attr]
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        stored = await asyncio.wait_for(read, 10)
+        assert stored is not None
+        assert stored.job.job_id == record.job.job_id
+        assert await store.get(str(uuid.uuid4())) is None
+    finally:
+        await store.stop()
+        await close_client(client)
