@@ -16,6 +16,9 @@ Each subscriber follows one job from seq 0 (``?since=0`` / ``Last-Event-ID: 0``)
 receive every frame of its job exactly once: frames missing from 1..<terminal seq> count as
 lost, repeats as duplicates. Latency is receipt time minus the frame's ``ts`` (same machine),
 for live frames only (frames emitted before the subscriber connected are replayed history).
+``--follow live`` subscribes from where each job is instead (a snapshot, then the frames
+after it, which must all arrive): the ramp then costs handshakes only, as it does on the
+reference servers, whose channels start once every subscriber is in.
 With ``--pid`` (repeatable) it also reports those server processes' CPU seconds and peak RSS.
 Bounded: it stops after ``--max-seconds`` whatever happens. Loopback by default; it refuses
 non-loopback URLs unless ``--allow-remote`` is given.
@@ -50,10 +53,15 @@ from websockets.exceptions import ConnectionClosed
 from wsclient import open_ws
 
 
+class JobHead(msgspec.Struct):
+    status: str = ""
+
+
 class Header(msgspec.Struct):
     type: str
     seq: int = -1
     ts: float = 0.0
+    job: JobHead | None = None  # a snapshot's: an ended job's is its last frame
 
 
 decode_header = msgspec.json.Decoder(Header).decode
@@ -84,10 +92,12 @@ class Watcher:
         header = decode_header(raw)
         if header.seq < 0:
             return False  # control message
-        return self.record(header.seq, header.ts, header.type)
+        ended = header.job is not None and header.job.status in TERMINAL
+        return self.record(header.seq, header.ts, header.type, ended=ended)
 
-    def record(self, seq: int, ts: float, kind: str) -> bool:
-        """Record one frame; True once the job's terminal frame arrived."""
+    def record(self, seq: int, ts: float, kind: str, *, ended: bool = False) -> bool:
+        """Record one frame; True once the job's terminal frame arrived (or, ``ended``, a
+        snapshot of the ended job: what a live subscriber that came late gets)."""
         now = time.time() * 1000
         self.received += 1
         if seq in self.seen:
@@ -96,7 +106,7 @@ class Watcher:
         if ts >= self.connected_ms:
             # Only live frames: replayed history was sent before this subscriber connected.
             self.latencies.append((ts, now - ts, kind))
-        if kind in TERMINAL:
+        if kind in TERMINAL or ended:
             self.final_seq = seq
             return True
         return False
@@ -117,15 +127,18 @@ class Watcher:
         watcher.error = row[7]
         return watcher
 
-    def lost(self, last_seq: int | None) -> int:
+    def lost(self, last_seq: int | None, *, live: bool = False) -> int:
         """Frames of 1..``last_seq`` (the job's terminal seq, as any subscriber saw it) that
-        never arrived; a subscriber that never finished has lost everything it missed."""
-        return len(self.missing(last_seq))
+        never arrived; a subscriber that never finished has lost everything it missed.
+        ``live``: it followed from the job's position when it joined (its first frame, the
+        snapshot), so only frames after that count."""
+        return len(self.missing(last_seq, live=live))
 
-    def missing(self, last_seq: int | None) -> list[int]:
+    def missing(self, last_seq: int | None, *, live: bool = False) -> list[int]:
         if last_seq is None:
             return []
-        return sorted(set(range(1, last_seq + 1)) - self.seen)
+        first = min(self.seen) if live and self.seen else 1
+        return sorted(set(range(first, last_seq + 1)) - self.seen)
 
 
 Handler = Callable[[Any, bytes], None]
@@ -175,6 +188,21 @@ async def open_library_ws(url: str, on_message: Handler) -> LibraryConnection:
     return LibraryConnection(ws, on_message)
 
 
+HANDSHAKES_IN_FLIGHT = 256
+"""Per client process: opening handshakes under way at once. Thousands of SYNs at once
+overflow a replica's accept queue (uvicorn's backlog is 2048), and the kernel's SYN cookies
+then reset some of them: that measures the kernel, and no user population arrives in the
+same millisecond. A slot is held from connect to the handshake's answer."""
+_handshakes: asyncio.Semaphore | None = None
+
+
+def handshake_slot() -> asyncio.Semaphore:
+    global _handshakes
+    if _handshakes is None:
+        _handshakes = asyncio.Semaphore(HANDSHAKES_IN_FLIGHT)
+    return _handshakes
+
+
 async def follow(
     connect: Callable[[Callable[[Any, bytes], None]], Awaitable[Any]],
     watcher: Watcher,
@@ -199,7 +227,8 @@ async def follow(
             done.set_result(None)
 
     try:
-        conn = await connect(make_handler(done) if make_handler else on_frame)
+        async with handshake_slot():
+            conn = await connect(make_handler(done) if make_handler else on_frame)
         if make_handler is None:
             watcher.connected_ms = time.time() * 1000
         await asyncio.wait([done, conn.closed], return_when=asyncio.FIRST_COMPLETED)
@@ -219,40 +248,50 @@ def frame_type(frame: Any) -> str:
     return tag if isinstance(tag, str) else str(frame.__struct_config__.tag)
 
 
-async def sdk_follow(client: Any, watcher: Watcher, *, server_closes: bool) -> None:
+async def sdk_follow(client: Any, watcher: Watcher, *, server_closes: bool, live: bool) -> None:
     """One subscriber on the SDK's ``subscribe()``: ``server_closes`` iterates to the end (the
     SDK's own handling after the terminal frame), otherwise the consumer breaks out on the
     terminal frame and closes the iterator, as ``async with aclosing(...)`` code does."""
-    frames = client.subscribe(watcher.job_id, since=0, unknown=True)
+    frames = client.subscribe(watcher.job_id, since=None if live else 0, unknown=True)
+    slot = handshake_slot()
+    await slot.acquire()
     try:
         async for frame in frames:
             if watcher.connected_ms == float("inf"):
                 # The SDK says nothing at the handshake: the first frame (replayed history
                 # of a running job) marks the subscriber as in.
                 watcher.connected_ms = time.time() * 1000
+                slot.release()
             ts = getattr(frame, "ts", 0.0)
-            if watcher.record(frame.seq, ts, frame_type(frame)) and not server_closes:
+            status = getattr(getattr(frame, "job", None), "status", None)
+            ended = getattr(status, "value", status) in TERMINAL
+            if watcher.record(frame.seq, ts, frame_type(frame), ended=ended) and not server_closes:
                 break
         if watcher.final_seq is None:
             watcher.error = "the subscription ended before the terminal frame"
     except Exception as exc:
         watcher.error = repr(exc)
     finally:
+        if watcher.connected_ms == float("inf"):
+            slot.release()
         await frames.aclose()
 
 
 Subscriber = Callable[[str, Watcher], Awaitable[None]]
 
 
-def ws_subscriber(kind: str, closing: str, sdk: Any = None) -> Subscriber:
-    """Delineate's single-job socket, followed from seq 0 by a client of ``kind``."""
+def ws_subscriber(kind: str, closing: str, sdk: Any = None, *, live: bool = False) -> Subscriber:
+    """Delineate's single-job socket, followed by a client of ``kind`` from seq 0 (every
+    frame, history replayed) or, ``live``, from where the job is (a snapshot, then live
+    frames: what the reference servers' subscribers get)."""
     server_closes = closing == "server"
+    since = "" if live else "?since=0"
 
     async def subscribe(url: str, watcher: Watcher) -> None:
         if kind == "sdk":
-            await sdk_follow(sdk[url], watcher, server_closes=server_closes)
+            await sdk_follow(sdk[url], watcher, server_closes=server_closes, live=live)
             return
-        ws_url = f"{url}/v1/download/subscribe/{watcher.job_id}?since=0"
+        ws_url = f"{url}/v1/download/subscribe/{watcher.job_id}{since}"
         opener = open_library_ws if kind == "websockets" else open_ws
         await follow(lambda on_message: opener(ws_url, on_message), watcher,
                      server_closes=server_closes)  # fmt: skip
@@ -260,13 +299,15 @@ def ws_subscriber(kind: str, closing: str, sdk: Any = None) -> Subscriber:
     return subscribe
 
 
-async def sse_subscriber(url: str, watcher: Watcher) -> None:
+async def sse_subscriber(url: str, watcher: Watcher, *, live: bool = False) -> None:
     url = f"{url}/v1/download/stream/{watcher.job_id}"
-    headers = {"Last-Event-ID": "0"}
+    headers = {} if live else {"Last-Event-ID": "0"}
     await follow(lambda on_event: open_sse(url, on_event, headers), watcher, server_closes=True)
 
 
-def broadcaster_subscriber(kind: str, closing: str, sdk: Any = None) -> Subscriber:
+def broadcaster_subscriber(
+    kind: str, closing: str, sdk: Any = None, *, live: bool = False
+) -> Subscriber:
     async def subscribe(url: str, watcher: Watcher) -> None:
         opener = open_library_ws if kind == "websockets" else open_ws
         ws_url = f"{url}/ws/{watcher.job_id}"
@@ -275,9 +316,12 @@ def broadcaster_subscriber(kind: str, closing: str, sdk: Any = None) -> Subscrib
     return subscribe
 
 
-def socketio_subscriber(kind: str, closing: str, sdk: Any = None) -> Subscriber:
+def socketio_subscriber(
+    kind: str, closing: str, sdk: Any = None, *, live: bool = False
+) -> Subscriber:
     """Engine.IO 4 over WebSocket: open, connect the default namespace, ``join`` the channel
-    with an ack, answer pings, read ``frame`` events."""
+    with an ack, answer pings, read ``frame`` events. (The reference servers' channels start
+    once every subscriber is in: every frame is live whatever ``live`` says.)"""
 
     async def subscribe(url: str, watcher: Watcher) -> None:
         def handler(done: asyncio.Future[None]) -> Handler:
@@ -528,7 +572,8 @@ async def work(args: argparse.Namespace, plan: Any, first: int, count: int) -> d
         from delineate_client import AsyncClient
 
         sdk = {ws: AsyncClient(url, trust_env=False) for ws, url in zip(ws_urls, urls, strict=True)}
-    subscriber = SUBSCRIBERS[args.protocol](args.client, args.closing, sdk)
+    live = args.follow == "live"
+    subscriber = SUBSCRIBERS[args.protocol](args.client, args.closing, sdk, live=live)
     # Subscriber i follows job i % J on replica (i // J) % R: each job's subscribers are
     # spread over every replica, whichever one runs the job. (With i % R, all of a job's
     # subscribers sat on the replica it was initiated through.)
@@ -538,7 +583,7 @@ async def work(args: argparse.Namespace, plan: Any, first: int, count: int) -> d
         if i < args.subscribers:
             tasks.append(subscriber(ws_urls[home], watcher))
         else:
-            tasks.append(sse_subscriber(urls[home], watcher))
+            tasks.append(sse_subscriber(urls[home], watcher, live=live))
     if args.protocol == "broadcaster":
         # encode/broadcaster loses subscriptions when two arrive at once (its Redis backend
         # subscribes while its listener reads the same pub/sub connection): open them one
@@ -629,6 +674,7 @@ def summarize(
         samples = [sample for w in watchers for sample in w.latencies]
         Path(args.samples).write_bytes(msgspec.json.encode(samples))
     frames = sum(w.received for w in watchers)
+    live = args.follow == "live"
     terminal: dict[str, int] = {}
     for w in watchers:
         if w.final_seq is not None:
@@ -636,6 +682,7 @@ def summarize(
     result: dict[str, Any] = {
         "protocol": args.protocol,
         "subscribers": {"websocket": args.subscribers, "sse": args.sse},
+        "follow": args.follow,
         "jobs": args.jobs,
         "seconds": round(elapsed, 3),
         "timed_out": timed_out,
@@ -650,12 +697,12 @@ def summarize(
             kind: {**quantiles(values), "frames": len(values)}
             for kind, values in sorted(by_type.items())
         },
-        "lost_frames": sum(w.lost(terminal.get(w.job_id)) for w in watchers),
+        "lost_frames": sum(w.lost(terminal.get(w.job_id), live=live) for w in watchers),
         # Which frames, for finding out why: (job, missing seqs, finished?), a few.
         "lost_examples": [
             [w.job_id, missing, w.final_seq is not None]
             for w in watchers
-            if (missing := w.missing(terminal.get(w.job_id)))
+            if (missing := w.missing(terminal.get(w.job_id), live=live))
         ][:5],
         "duplicate_frames": sum(w.duplicates for w in watchers),
         "unfinished_subscribers": sum(w.final_seq is None for w in watchers),
@@ -729,6 +776,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processes", type=int, default=1,
         help="client processes the subscribers are spread over (each under its file limit)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--follow", choices=("history", "live"), default="history",
+        help="Delineate's subscribers: from seq 0 (history replayed) or from the job's position",
     )  # fmt: skip
     parser.add_argument("--rate", type=float, default=2, help="reference servers: frames/s")
     parser.add_argument("--seconds", type=float, default=20, help="reference servers: duration")

@@ -24,8 +24,14 @@ async def open_get(
     request = f"GET {path} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n{head}\r\n"
     state: Any = conn  # both clients keep their transport and an ``opened`` future
     state.transport.write(request.encode())
-    async with asyncio.timeout(timeout_s):
-        await state.opened
+    try:
+        async with asyncio.timeout(timeout_s):
+            await state.opened
+    except BaseException:
+        # A handshake given up on is a socket the server may still answer: close it, or
+        # it lingers there as a subscriber nobody reads.
+        state.transport.close()
+        raise
     return conn
 
 

@@ -48,7 +48,8 @@ class SseConnection(asyncio.Protocol):
                 return
             self._chunked = b"transfer-encoding: chunked" in head
             self._headers_done = True
-            self.opened.set_result(None)
+            if not self.opened.done():  # not given up on (open_get's timeout)
+                self.opened.set_result(None)
         if self._chunked:
             self._dechunk()
         else:

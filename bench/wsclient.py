@@ -51,7 +51,8 @@ class WsConnection(asyncio.Protocol):
                 self._fail(ConnectionError(status.decode(errors="replace")))
                 return
             self._handshaken = True
-            self.opened.set_result(None)
+            if not self.opened.done():  # not given up on (open_get's timeout)
+                self.opened.set_result(None)
         self._parse()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bench import loadtest
 from bench.run import ceiling_of
 from tests.support.processes import Replica
 
@@ -18,20 +20,21 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "loadtest.py"
 
 
 @pytest.mark.parametrize(
-    ("client", "closing", "processes"),
-    [("raw", "server", 1), ("websockets", "client", 2), ("sdk", "server", 2)],
-)
+    ("client", "closing", "processes", "follow"),
+    [("raw", "server", 1, "history"), ("websockets", "client", 2, "history"),
+     ("sdk", "server", 2, "history"), ("sdk", "client", 1, "live")],
+)  # fmt: skip
 def test_small_load_test_loses_nothing(
-    server: Replica, client: str, closing: str, processes: int
+    server: Replica, client: str, closing: str, processes: int, follow: str
 ) -> None:
-    """30 WebSocket + 10 SSE subscribers on 4 jobs, with each client kind and from several
-    client processes: all finish, none lost or repeated, and the clients' CPU is reported
-    per process."""
+    """30 WebSocket + 10 SSE subscribers on 4 jobs, with each client kind, from several
+    client processes, from seq 0 or live: all finish, none lost or repeated, and the
+    clients' CPU is reported per process."""
     assert server.pid is not None
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "--url", server.url, "--subscribers", "30", "--sse", "10",
          "--jobs", "4", "--max-seconds", "60", "--pid", str(server.pid), "--client", client,
-         "--closing", closing, "--processes", str(processes)],
+         "--closing", closing, "--processes", str(processes), "--follow", follow],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -44,10 +47,52 @@ def test_small_load_test_loses_nothing(
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["max"]
     assert report["server_cpu_seconds"] > 0
     assert report["server_peak_rss_kib"][str(server.pid)] > 0
+    assert report["follow"] == follow
     assert report["client"]["kind"] == client
     assert report["client"]["closing"] == closing
     assert len(report["client"]["cpu_seconds"]) == processes
     assert all(cpu > 0 for cpu in report["client"]["cpu_seconds"])
+
+
+def test_a_live_subscriber_owes_only_the_frames_after_its_snapshot() -> None:
+    """From seq 0 every frame of the job counts; followed live, the first frame (the
+    snapshot at the job's position) is where the count starts."""
+    watcher = loadtest.Watcher("job")
+    for seq, kind in ((5, "snapshot"), (6, "progress"), (8, "progress"), (10, "completed")):
+        watcher.record(seq, 0.0, kind)
+    assert watcher.missing(10, live=True) == [7, 9]
+    assert watcher.missing(10) == [1, 2, 3, 4, 7, 9]
+    assert loadtest.Watcher("job").lost(10, live=True) == 10  # never got a frame: all of it
+
+
+async def test_handshakes_in_flight_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Subscribers queue for a handshake slot: no more than HANDSHAKES_IN_FLIGHT connects
+    are under way at once, and every subscriber still gets in."""
+    monkeypatch.setattr(loadtest, "HANDSHAKES_IN_FLIGHT", 3)
+    monkeypatch.setattr(loadtest, "_handshakes", None)
+    under_way = peak = 0
+
+    class Opened:
+        closed: asyncio.Future[int]
+
+        async def aclose(self) -> None:
+            pass
+
+    async def connect(on_message: Any) -> Opened:
+        nonlocal under_way, peak
+        under_way += 1
+        peak = max(peak, under_way)
+        await asyncio.sleep(0.01)
+        under_way -= 1
+        conn = Opened()
+        conn.closed = asyncio.get_running_loop().create_future()
+        on_message(conn, b'{"type": "completed", "seq": 1, "ts": 0}')
+        return conn
+
+    watchers = [loadtest.Watcher(f"job-{i}") for i in range(10)]
+    await asyncio.gather(*(loadtest.follow(connect, w) for w in watchers))
+    assert peak == 3
+    assert all(w.final_seq == 1 and w.error is None for w in watchers)
 
 
 def test_refuses_remote_targets() -> None:
