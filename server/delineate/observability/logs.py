@@ -96,6 +96,15 @@ def _redact_param(match: re.Match[str]) -> str:
     return match.group(0)
 
 
+class RepeatedOpenFilter(logging.Filter):
+    """Drops the WebSocket library's "connection open": uvicorn's ``"WebSocket <path>"
+    [accepted]`` line just before it says the same with the path and client, and a replica
+    whose sockets reconnect at once writes one line fewer per socket."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "connection open"
+
+
 class RedactFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
@@ -117,3 +126,6 @@ def configure(log_format: str, level: int | str = logging.INFO) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, RepeatedOpenFilter) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(RepeatedOpenFilter())

@@ -13,6 +13,7 @@ trace whichever replica runs it, also after a crash.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -109,7 +110,10 @@ def shutdown() -> None:
         _provider.shutdown()
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
+    # One: the SDK builds a Tracer per get_tracer call, and every request and socket needs
+    # one (a proxy got before configure() delegates to the provider set later).
     return trace.get_tracer(TRACER_NAME, VERSION)
 
 
