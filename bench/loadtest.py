@@ -476,7 +476,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with asyncio.timeout(args.max_seconds + WORKER_GRACE_S):
                 for worker in workers:
                     await expect(worker, "in")
-                sys.stderr.write(f"{time.monotonic() - started:5.1f}s  {total} subscribers in\n")
+                steady["ramp_s"] = time.monotonic() - started
+                sys.stderr.write(f"{steady['ramp_s']:5.1f}s  {total} subscribers in\n")
                 if args.protocol != "delineate":
                     await asyncio.sleep(1)  # let the last subscriptions reach Redis
                     await start_publishing(urls, job_ids, args)
@@ -526,6 +527,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     watchers = [Watcher.load(row) for report in reports for row in report["watchers"]]
     timed_out = timed_out or len(reports) < len(workers) or any(r["timed_out"] for r in reports)
     result = summarize(args, watchers, elapsed, timed_out, before, steady)
+    if "ramp_s" in steady:
+        # From the start (jobs initiated) until every subscriber was in: with the servers'
+        # CPU, what a crowd of handshakes (a replica's sockets reconnecting) costs.
+        result["ramp"] = {
+            "seconds": round(steady["ramp_s"], 3),
+            "handshakes_per_second": round(total / steady["ramp_s"], 1),
+        }
     result["client"] = {
         "kind": args.client,
         "closing": args.closing,

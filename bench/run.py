@@ -24,7 +24,8 @@ frame in the steady window (raw, and less what the node spends idle) beside the 
 Scenario "ceiling": each server (Node socket.io with its Redis adapter too) on one replica,
 stepping the subscribers (``--ceiling-steps`` x ``--rate`` frames/s, ``--ceiling-seconds`` each,
 fresh processes per step) until the p99 while streaming passes 50 ms or a frame is lost: the
-last step that held is the ceiling, in frames/s and per core the replica used.
+last step that held is the ceiling, in frames/s and per core the replica used. Each step also
+says how fast the replica took its subscribers' handshakes (all of them, from the jobs' start).
 
 Prints a table (stderr) and the JSON report (stdout). Everything runs on 127.0.0.1, bounded in
 time, and is stopped by pid at the end.
@@ -314,6 +315,7 @@ def ceiling(kind: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "p99_whole_run_ms": result["latency_ms"]["p99"],
             "lost_frames": result["lost_frames"],
             "unfinished_subscribers": result["unfinished_subscribers"],
+            "handshakes_per_second": result.get("ramp", {}).get("handshakes_per_second"),
             "server_cpu_us_per_frame": us_per_frame,
             # The replica's share of a core in the steady stream, and the load clients' (so a
             # reader sees which side ran out first).
@@ -611,14 +613,15 @@ def clients_table(report: dict[str, Any]) -> str:
 def ceiling_table(ceilings: dict[str, Any]) -> str:
     """Each server's steps on one replica, and the ceiling each reached."""
     columns = ["server", "subscribers", "frames/s", "p99 streaming", "p99 whole run", "lost",
-               "replica cores", "client cores"]  # fmt: skip
+               "replica cores", "client cores", "handshakes/s"]  # fmt: skip
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for kind, run in ceilings.items():
         for step in run["steps"]:
             rows.append(
                 f"| {kind} | {step['subscribers']:,} | {step['frames_per_second']:,.0f} "
                 f"| {step['p99_streaming_ms']} ms | {step['p99_whole_run_ms']} ms "
-                f"| {step['lost_frames']} | {step['server_cores']} | {step['client_cores']} |"
+                f"| {step['lost_frames']} | {step['server_cores']} | {step['client_cores']} "
+                f"| {step.get('handshakes_per_second')} |"
             )
     for kind, run in ceilings.items():
         rows.append(

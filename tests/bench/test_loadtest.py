@@ -48,6 +48,10 @@ def test_small_load_test_loses_nothing(
     assert report["server_cpu_seconds"] > 0
     assert report["server_peak_rss_kib"][str(server.pid)] > 0
     assert report["follow"] == follow
+    assert report["ramp"]["seconds"] > 0
+    assert report["ramp"]["handshakes_per_second"] == pytest.approx(
+        40 / report["ramp"]["seconds"], rel=0.01
+    )
     assert report["client"]["kind"] == client
     assert report["client"]["closing"] == closing
     assert len(report["client"]["cpu_seconds"]) == processes
@@ -189,7 +193,7 @@ def test_make_bench_finds_each_servers_ceiling_with_tiny_numbers() -> None:
     once and reports who spent the CPU, and a server whose steps all held is at the steps' end."""
     out = subprocess.run(
         [sys.executable, str(RUN), "--scenario", "ceiling", "--servers", "delineate,socketio-node",
-         "--ceiling-steps", "10,20", "--ceiling-seconds", "2", "--jobs", "2"],
+         "--ceiling-steps", "10,20", "--ceiling-seconds", "4", "--jobs", "2"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -202,8 +206,11 @@ def test_make_bench_finds_each_servers_ceiling_with_tiny_numbers() -> None:
         for step in steps:
             assert step["lost_frames"] == 0, (kind, step)
             assert step["unfinished_subscribers"] == 0, (kind, step)
-            assert step["server_cores"] > 0, (kind, step)
+            # Measured (a few ms of a Node process can round to 0 clock ticks).
+            assert step["server_cores"] is not None, (kind, step)
+            assert step["server_cores"] >= 0, (kind, step)
             assert step["client_cores"] > 0, (kind, step)
+            assert step["handshakes_per_second"] > 0, (kind, step)
         assert run == ceiling_of(steps), kind  # the summary is the steps' own
         assert f"ceiling {kind}: " in out.stderr
 
