@@ -32,7 +32,7 @@ from delineate.journal.fencing import JobEnded, JobLost, StatusMoved, Superseded
 from delineate.record import Head, JobRecord, new_epoch
 from delineate.redis import keys as keys
 from delineate.redis.client import is_cluster
-from delineate.redis.cluster import ClusterPipe, pipe_of
+from delineate.redis.cluster import pipe_of
 from delineate.redis.errors import unavailable_on_disconnect
 from delineate.redis.pipe import PipeScript
 from delineate_protocol.frames import AnyFrame, JobStatus, encoder
@@ -162,7 +162,7 @@ class RedisJournal(Journal):
         ]  # fmt: skip
         reply = await self._pipe.evalsha(self._append, script_keys, args)
         refusal = _refusal(reply)
-        if refusal is None and release and isinstance(self._pipe, ClusterPipe):
+        if refusal is None and release and self._cluster:
             # The owner's set is in another slot: given back after the script. Lost with a
             # crash in between, the entry lapses after the retention period.
             active = keys.active_jobs(record.quota or "")
