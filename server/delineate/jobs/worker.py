@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -37,6 +38,14 @@ class CancelSignal(msgspec.Struct, tag="cancel"):
 
 encode_signal = msgspec.json.encode
 decode_signal = msgspec.json.Decoder(CancelSignal).decode
+
+
+class Outcome(enum.Enum):
+    """What becomes of a taken job's queue entry once its slot is done with it."""
+
+    DONE = "done"  # acked
+    INTERRUPTED = "interrupted"  # left to lapse: a worker runs the job again
+    MISSING = "missing"  # no record read: dropped unless the store has it after all
 
 
 class Worker:
@@ -154,27 +163,32 @@ class Worker:
         the attempt, leave the entry to lapse, so a worker (maybe this one) runs the job
         again. Acking it would strand the job: on a Cluster the queue's shard may answer
         while the job's shard fails over, and a Redis back in time answers too."""
-        interrupted = True
+        outcome = Outcome.INTERRUPTED
         try:
-            interrupted = await self._run_one(job_id)
+            outcome = await self._run_one(job_id)
         except BackendUnavailable as exc:
             log.warning("job %s interrupted: %s", job_id, exc)
         finally:
             with contextlib.suppress(BackendUnavailable):
-                if interrupted:
+                if outcome is Outcome.INTERRUPTED:
                     self._store.abandon(job_id)
+                elif outcome is Outcome.MISSING:
+                    await self._store.drop_missing(job_id)
                 else:
                     await self._store.ack(job_id)
 
-    async def _run_one(self, job_id: str) -> bool:
-        """Run the job; whether the attempt was cut short: by Redis being unavailable, or by
-        an error nobody expected (logged), which is a crashed attempt: its entry lapses and
-        a worker runs the job again, instead of an ack that would leave it queued for good."""
+    async def _run_one(self, job_id: str) -> Outcome:
+        """Run the job. INTERRUPTED when the attempt was cut short: by Redis being
+        unavailable, or by an error nobody expected (logged), which is a crashed attempt: its
+        entry lapses and a worker runs the job again, instead of an ack that would leave it
+        queued for good."""
         record = await self._store.get(job_id)
-        if record is None or record.job.status.is_terminal:
-            return False  # cancelled (or expired) while it waited, or finished before a crash
+        if record is None:
+            return Outcome.MISSING  # expired or lost; or the read was behind (drop_missing)
+        if record.job.status.is_terminal:
+            return Outcome.DONE  # cancelled while it waited, or finished before a crash
         if job_id in self._running:
-            return False  # a second queue entry for a job this replica runs (a hand-back's)
+            return Outcome.DONE  # a second queue entry for a job this replica runs (a hand-back's)
         task = asyncio.create_task(self._runner.run(record), name=f"job-{job_id}")
         task.add_done_callback(_log_failure)
         self._running[job_id] = task
@@ -185,7 +199,8 @@ class Worker:
             self._running.pop(job_id, None)
             self._stop_reasons.pop(job_id, None)
         self.observe(record)
-        return not task.cancelled() and task.exception() is not None
+        crashed = not task.cancelled() and task.exception() is not None
+        return Outcome.INTERRUPTED if crashed else Outcome.DONE
 
     def _reason(self, job_id: str) -> str | None:
         return self._stop_reasons.get(job_id)

@@ -66,6 +66,13 @@ class JobStore(abc.ABC):
     async def ack(self, job_id: str) -> None:
         """The worker is done with the job (whatever its outcome)."""
 
+    async def drop_missing(self, job_id: str) -> bool:
+        """Give back a taken job that a read found missing (it expired, was cancelled
+        away, or Redis lost it), unless the store has it after all: then the entry lapses
+        as ``abandon`` leaves it, and a worker takes the job again. Whether it was dropped."""
+        await self.ack(job_id)
+        return True
+
     def abandon(self, job_id: str) -> None:
         """The worker lost its backend mid-job: stop holding the job without giving it back,
         so its lease lapses and a worker takes it again (a store that cannot lose its

@@ -86,10 +86,12 @@ return ARGV[1]
 # in its place (no entry added; ``create`` added it first).
 
 
-# KEYS: the queue; ARGV: group, consumer, entry id, "renew" or "release". Only while the
+# KEYS: the queue[, the job's hash]; ARGV: group, consumer, entry id, "renew", "release" or
+# "drop" (release unless the job exists: KEYS[2] is on the queue's node). Only while the
 # entry is still this consumer's: a worker paused past its lease must neither take the entry
 # back from the worker that took it over, nor ack it away under that worker.
 LEASE = """
+if ARGV[4] == 'drop' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
 if ARGV[4] == 'renew' then
@@ -140,6 +142,8 @@ class RedisJobStore(JobStore):
         self._taken: collections.deque[str] = collections.deque()
         """Jobs read and leased but not handed to a worker yet (a read may return several)."""
         self.orphans_dropped = 0
+        self.stale_reads = 0
+        """Taken jobs a read missed that the queue's node has (``drop_missing``)."""
         self._pipe = pipe_of(client)
         self._reads = command_retry()
         self._claim_slot = self._redis.register_script(CLAIM_SLOT)
@@ -358,15 +362,46 @@ class RedisJobStore(JobStore):
     @unavailable_on_disconnect
     async def ack(self, job_id: str) -> None:
         lease = self._leases.pop(job_id, None)
+        if lease is not None:
+            await self._release(lease, "release")
+
+    @unavailable_on_disconnect
+    async def drop_missing(self, job_id: str) -> bool:
+        # Decided where the entry is, not by the read that missed the job: after a Sentinel
+        # failover the old primary, back from its own files, answers reads until the
+        # sentinels demote it, without the jobs created since; acking their entries on
+        # that read stranded them queued for good.
+        lease = self._leases.pop(job_id, None)
         if lease is None:
-            return
+            return True
+        if self._cluster:  # the job's slot is elsewhere: ask its primary, then release
+            missing = not await self._redis.exists(keys.job(job_id))
+            if missing:
+                await self._release(lease, "release")
+            else:
+                lease[2].cancel()
+        else:
+            missing = await self._release(lease, "drop", keys.job(job_id)) != -1
+        if not missing:
+            log.warning("job %s exists but a read missed it; reading afresh", job_id)
+            self.stale_reads += 1
+            await self._pipe.aclose()  # the next read connects to the primary named now
+        return missing
+
+    async def _release(
+        self, lease: tuple[str, bytes, asyncio.Task[None]], action: str, *job_key: str
+    ) -> int:
+        """The LEASE script's answer for a lease this worker gives up (1 when the queue is
+        gone with its entry: nothing to give back)."""
         queue, entry_id, renewer = lease
         renewer.cancel()
+        args: list[str | bytes] = [keys.WORKER_GROUP, self.consumer, entry_id, action]
         try:
-            await self._lease_call(queue, entry_id, "release")
+            return int(await self._lease(keys=[queue, *job_key], args=args))
         except ResponseError as exc:
             if not is_nogroup(exc):
-                raise  # the queue is gone with its entry: nothing to give back
+                raise
+            return 1
 
     def abandon(self, job_id: str) -> None:
         lease = self._leases.pop(job_id, None)

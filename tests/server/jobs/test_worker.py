@@ -7,7 +7,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from delineate.journal.fencing import WriteMode
+from delineate.redis.pipe import RedisPipe
 from delineate.settings import Settings
 from tests.support.inprocess import running_app
 from tests.support.services import RedisServer
@@ -44,3 +47,42 @@ async def test_an_attempt_that_crashes_on_an_unexpected_error_is_run_again(
                     break
                 await asyncio.sleep(0.1)
     assert crashes == 1
+
+
+async def test_a_job_a_stale_read_misses_is_run_again_not_dropped(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """After a Sentinel failover the old primary, back from its own files, answers reads
+    until the sentinels demote it, and it lacks the jobs created since. A worker whose read
+    of a taken job lands there finds no record: the job's queue entry must not be dropped
+    (the job would stay queued for good) but left to lapse, and the store reads afresh.
+    Here the store's read pipe is on a second, empty redis-server until a read went there."""
+    stale = RedisServer(tmp_path, name="redis-deposed")
+    stale.start()
+    try:
+        settings = Settings(
+            redis_url=redis_server.url, data_dir=str(tmp_path), job_lease_ms=600,
+            download_delay_min_ms=100, download_delay_max_ms=100,
+        )  # fmt: skip
+        async with running_app(settings) as served:
+            store: Any = served.services.store
+            deposed_pool = aioredis.ConnectionPool.from_url(stale.url)
+            primary_pipe, store._pipe = store._pipe, RedisPipe(deposed_pool)
+            job_id = await served.initiate([70000])
+            async with aioredis.Redis.from_url(stale.url) as deposed, asyncio.timeout(20):
+                # Until the worker's read missed the job there.
+                while not (await deposed.info("commandstats")).get("cmdstat_hget"):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            # The sentinels demoted it: the next connection finds the new primary.
+            stale_pipe, store._pipe = store._pipe, primary_pipe
+            await stale_pipe.aclose()
+            final = None
+            async with asyncio.timeout(15):
+                while final is None or not final.job.status.is_terminal:
+                    await asyncio.sleep(0.1)
+                    final = await store.get(job_id)
+    finally:
+        stale.stop()
+    assert final is not None
+    assert final.job.status.value == "completed"
+    assert store.stale_reads >= 1
