@@ -269,8 +269,9 @@ async def running(services: Services) -> AsyncIterator[Services]:
         await waiting_for_redis(services.store.start, "job store")
         stack.push_async_callback(services.store.stop)
         if services.redis is not None:
-            from delineate.redis.client import close_client
+            from delineate.redis.client import close_client, follow_failovers
 
+            follow_failovers(services.redis)
             stack.push_async_callback(close_client, services.redis)
         await waiting_for_redis(
             lambda: services.broker.start(

@@ -32,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from delineate.redis.errors import from_a_lost_primary
+from delineate.redis.sentinel import SwitchWatch, stop_watch
 from delineate.redis.url import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:  # the settings check REDIS_URL with this package's parser
@@ -160,8 +161,18 @@ def _sentinel_client(target: RedisTarget, settings: Settings) -> Any:
         **WITHOUT_MAINT_NOTIFICATIONS,
     )
     pool = client.connection_pool
-    pool.connection_class = with_cancellable_writes(pool.connection_class)
+    watch = SwitchWatch(list(target.nodes), target.service, sentinel_kwargs)
+    pool.connection_class = watch.connection_class(with_cancellable_writes(pool.connection_class))
+    pool.switch_watch = watch
     return client
+
+
+def follow_failovers(client: Any) -> None:
+    """Start ``client``'s watch of the sentinels (``delineate.redis.sentinel``), if it has one;
+    ``close_client`` stops it. Needs the running loop, unlike building the client."""
+    watch = getattr(getattr(client, "connection_pool", None), "switch_watch", None)
+    if watch is not None:
+        watch.start()
 
 
 def _cluster_client(target: RedisTarget, settings: Settings) -> Any:
@@ -192,13 +203,20 @@ def _cluster_client(target: RedisTarget, settings: Settings) -> Any:
 
 
 async def close_client(client: Any) -> None:
-    """``client.aclose()``, and on a Cluster every node's connections even when redis-py
-    skips them: its ``aclose`` does nothing while the client is marked to reload the slot
-    map (after any connection error), leaving every open connection behind."""
-    await client.aclose()
+    """``client.aclose()``, and what redis-py leaves open: on a Cluster every node's
+    connections (its ``aclose`` does nothing while the client is marked to reload the slot
+    map, after any connection error); on Sentinel the watch and the clients its pool asks
+    for the primary."""
     if is_cluster(client):
+        await client.aclose()
         await client.nodes_manager.aclose()
         await client.nodes_manager.aclose("startup_nodes")
+        return
+    await stop_watch(client)
+    await client.aclose()
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
 
 
 def is_cluster(client: Any) -> bool:
