@@ -110,3 +110,24 @@ def test_without_otel_variables_the_defaults_apply(monkeypatch: pytest.MonkeyPat
     attributes = tracing.resource("r1").attributes
     assert attributes["service.name"] == "delineate"
     assert attributes["service.version"] == tracing.VERSION
+
+
+async def test_gc_pauses_are_measured_by_generation_while_the_monitor_runs() -> None:
+    """Each collector pass while the loop-lag monitor runs is one observation of its
+    generation; after the monitor stops, passes are no longer watched."""
+    import asyncio
+    import gc
+
+    metrics = Metrics()
+    monitor = asyncio.create_task(LoopLagMonitor(metrics).run())
+    await asyncio.sleep(0.02)
+    gc.collect(0)
+    gc.collect(2)
+    monitor.cancel()
+    await asyncio.gather(monitor, return_exceptions=True)
+    counts = samples(metrics, "delineate_gc_pause_seconds_count")
+    assert counts[(("generation", "0"),)] >= 1
+    assert counts[(("generation", "2"),)] >= 1
+    gc.collect(2)
+    assert samples(metrics, "delineate_gc_pause_seconds_count") == counts
+    assert metrics.gc_pauses not in gc.callbacks
