@@ -69,7 +69,8 @@ class JobStore(abc.ABC):
     async def drop_missing(self, job_id: str) -> bool:
         """Give back a taken job that a read found missing (it expired, was cancelled
         away, or Redis lost it), unless the store has it after all: then the entry lapses
-        as ``abandon`` leaves it, and a worker takes the job again. Whether it was dropped."""
+        as ``abandon`` leaves it, and a worker takes the job again. False when the store has
+        the job."""
         await self.ack(job_id)
         return True
 

@@ -7,9 +7,11 @@
   derived from the key (``redis_keys.idempotent_tag``), so both share a Cluster slot.
   On one node the same script adds the queue entry. On a Cluster the queue is elsewhere:
   the entry is added first, then the job; a worker that takes an entry whose job does not
-  exist waits up to ``ORPHAN_WAIT_S`` for it (its creator is one round trip behind), then drops
-  the entry (the creator died, or lost the key to a concurrent request). So a job without
-  an entry cannot be, and an entry without a job is dropped.
+  exist waits up to ``ORPHAN_WAIT_S`` for it (its creator is usually one round trip behind),
+  then marks the job id orphaned in the job's slot and drops the entry (the creator died,
+  lost the key to a concurrent request, or is still retrying through a failover of the
+  job's shard). The creation script refuses an orphaned id (503: the client tries again).
+  So a job without an entry cannot be, and an entry without a job is dropped.
 - The queue is ``partitions`` Streams (hash-tagged, spread over the slots), a job's entry in
   the one its id picks, each read through a consumer group: each replica's workers take
   entries from all of them in turn with XREADGROUP. A taken entry stays pending (leased)
@@ -35,7 +37,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from delineate.errors import Conflict
+from delineate.errors import BackendUnavailable, Conflict
 from delineate.jobstore.base import JobStore
 from delineate.record import Head, JobRecord
 from delineate.redis import keys as keys
@@ -68,13 +70,15 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: job hash, queue stream[, idempotency key]; ARGV: job id, record, retention s, epoch.
-# Returns the id of the job the key names when it names one already, else the new job's.
+# KEYS: job hash, queue stream, orphan mark[, idempotency key]; ARGV: job id, record,
+# retention s, epoch. Returns the id of the job the key names when it names one already,
+# else the new job's; nil when the id was marked orphaned (its entry is gone).
 CREATE = """
-if KEYS[3] then
-  local existing = redis.call('GET', KEYS[3])
+if redis.call('EXISTS', KEYS[3]) == 1 then return false end
+if KEYS[4] then
+  local existing = redis.call('GET', KEYS[4])
   if existing then return existing end
-  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+  redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'fence', 0, 'epoch', ARGV[4], 'seq', 0,
   'rec', ARGV[2])
@@ -84,6 +88,14 @@ return ARGV[1]
 """
 # On a Cluster the queue stream is in another slot: CREATE is called with the job's own key
 # in its place (no entry added; ``create`` added it first).
+
+# KEYS: the job's hash, its orphan mark; ARGV: seconds the mark lasts. 1 when the job
+# exists; else marks it orphaned (its creation, still coming, will be refused) and 0.
+MARK_ORPHAN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+redis.call('SET', KEYS[2], 1, 'EX', ARGV[1])
+return 0
+"""
 
 
 # KEYS: the queue[, the job's hash]; ARGV: group, consumer, entry id, "renew", "release" or
@@ -148,6 +160,7 @@ class RedisJobStore(JobStore):
         self._reads = command_retry()
         self._claim_slot = self._redis.register_script(CLAIM_SLOT)
         self._create = self._redis.register_script(CREATE)
+        self._mark_orphan = self._redis.register_script(MARK_ORPHAN)
         self._lease = self._redis.register_script(LEASE)
         self.polled_at = time.monotonic()
         """When the queue last answered this replica's dispatcher (for /health)."""
@@ -179,13 +192,33 @@ class RedisJobStore(JobStore):
     async def create(
         self, record: JobRecord, idempotency_key: str | None, *, scope: str | None = None
     ) -> JobRecord:
+        job_id = record.job.job_id
+        queue = keys.queue_of(job_id, self._partition_count)
+        entry = await self._redis.xadd(queue, {"job": job_id}) if self._cluster else None
+        created = await self._add_job(record, idempotency_key, scope)
+        if created == job_id:
+            return record
+        if entry is not None:  # the key named a job already: ours will never exist
+            with contextlib.suppress(RedisError):
+                await self._redis.xdel(queue, entry)
+        found = await self.get(created)
+        if found is None:  # the job ended and expired before its key: a new key is needed
+            raise Conflict("this Idempotency-Key belongs to a job that no longer exists")
+        return found
+
+    async def _add_job(
+        self, record: JobRecord, idempotency_key: str | None, scope: str | None
+    ) -> str:
+        """The CREATE script: the id of the job ``idempotency_key`` names (this one's when
+        it is new). On a Cluster the entry was added before; when a worker has dropped it
+        meanwhile (this creation was delayed), the job is refused: 503, try again."""
         job = record.job
-        queue = keys.queue_of(job.job_id, self._partition_count)
-        entry = None
-        if self._cluster:
-            entry = await self._redis.xadd(queue, {"job": job.job_id})
-            queue = keys.job(job.job_id)
-        script_keys = [keys.job(job.job_id), queue]
+        queue = (
+            keys.job(job.job_id)
+            if self._cluster
+            else keys.queue_of(job.job_id, self._partition_count)
+        )
+        script_keys = [keys.job(job.job_id), queue, keys.job_orphaned(job.job_id)]
         if idempotency_key is not None:
             script_keys.append(keys.idempotency(scope, idempotency_key))
         args: list[str | int | bytes] = [
@@ -194,16 +227,10 @@ class RedisJobStore(JobStore):
             self._retention_s,
             job.epoch,
         ]
-        created = (await self._create(keys=script_keys, args=args)).decode()
-        if created == job.job_id:
-            return record
-        if entry is not None:  # the key named a job already: ours will never exist
-            with contextlib.suppress(RedisError):
-                await self._redis.xdel(keys.queue_of(job.job_id, self._partition_count), entry)
-        found = await self.get(created)
-        if found is None:  # the job ended and expired before its key: a new key is needed
-            raise Conflict("this Idempotency-Key belongs to a job that no longer exists")
-        return found
+        reply = await self._create(keys=script_keys, args=args)
+        if reply is None:
+            raise BackendUnavailable("the job queue was failing over; try again")
+        return str(reply.decode())
 
     @unavailable_on_disconnect
     async def get(self, job_id: str) -> JobRecord | None:
@@ -290,15 +317,19 @@ class RedisJobStore(JobStore):
                 self._taken.append(job_id)
 
     async def _job_exists(self, job_id: str, entry_id: bytes) -> bool:
-        """On a Cluster an entry is added before its job: wait for a job still being made."""
+        """On a Cluster an entry is added before its job: wait for a job still being made;
+        give up by marking it orphaned, so that it is never made after its entry is gone."""
         young = time.time() * 1000 - int(entry_id.split(b"-")[0]) < ORPHAN_GRACE_MS
         deadline = time.monotonic() + (ORPHAN_WAIT_S if young else 0)
-        while True:
+        while time.monotonic() < deadline:
             if await self._redis.exists(keys.job(job_id)):
                 return True
-            if time.monotonic() >= deadline:
-                return False
             await asyncio.sleep(0.05)
+        return await self._exists_or_orphaned(job_id)
+
+    async def _exists_or_orphaned(self, job_id: str) -> bool:
+        job_keys = [keys.job(job_id), keys.job_orphaned(job_id)]
+        return bool(await self._mark_orphan(keys=job_keys, args=[self._retention_s]))
 
     async def _reclaim(self) -> list[tuple[str, bytes, str]]:
         """An entry whose worker stopped renewing its lease (its replica died), from the
@@ -375,11 +406,10 @@ class RedisJobStore(JobStore):
         if lease is None:
             return True
         if self._cluster:  # the job's slot is elsewhere: ask its primary, then release
-            missing = not await self._redis.exists(keys.job(job_id))
+            lease[2].cancel()  # first: a failed call must not leave the lease renewed
+            missing = not await self._exists_or_orphaned(job_id)
             if missing:
                 await self._release(lease, "release")
-            else:
-                lease[2].cancel()
         else:
             missing = await self._release(lease, "drop", keys.job(job_id)) != -1
         if not missing:

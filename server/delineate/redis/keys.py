@@ -45,6 +45,13 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:{{{job_tag(job_id)}}}:{job_id}:job"
 
 
+def job_orphaned(job_id: str) -> str:
+    """Set (Cluster) when a worker dropped the job's queue entry because the job did not
+    exist: the job's creation, if still on its way, is refused instead of making a job
+    that no entry will ever run."""
+    return f"{PREFIX}:{{{job_tag(job_id)}}}:{job_id}:orphaned"
+
+
 def job_channel(job_id: str) -> str:
     return f"{PREFIX}:{{{job_tag(job_id)}}}:{job_id}:frames"
 

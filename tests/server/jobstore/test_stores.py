@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from delineate.errors import BackendUnavailable
 from delineate.jobs import state
 from delineate.jobstore.base import JobStore
 from delineate.jobstore.memory import MemoryJobStore
 from delineate.jobstore.redis import RedisJobStore
 from delineate.record import JobRecord
+from delineate.redis import keys
 from delineate.redis.client import close_client, redis_client
 from delineate.settings import Settings
 from tests.support.services import RedisServer
@@ -94,3 +96,28 @@ async def test_a_read_whose_connection_is_lost_is_sent_again(redis_server: Redis
     finally:
         await store.stop()
         await close_client(client)
+
+
+@pytest.mark.parametrize("store", ["cluster"], indirect=True)
+async def test_a_job_made_after_a_worker_dropped_its_entry_is_refused(store: JobStore) -> None:
+    """On a Cluster the queue entry is added before the job. When the job's creation is
+    delayed past the worker's wait (its shard failing over, its replica paused), the worker
+    drops the entry; the job then must not be made, for no entry would ever run it. The
+    late creation is refused (503: the client tries again)."""
+    redis_store = store
+    assert isinstance(redis_store, RedisJobStore)
+    record = new_record()
+    job_id = record.job.job_id
+    queue = keys.queue_of(job_id, len(redis_store.partitions))
+    await redis_store._redis.xadd(queue, {"job": job_id})  # the creator's first step
+    worker = asyncio.create_task(store.take())
+    try:
+        async with asyncio.timeout(10):
+            while not redis_store.orphans_dropped:  # noqa: ASYNC110 (no event to wait on)
+                await asyncio.sleep(0.05)
+    finally:
+        worker.cancel()
+    with pytest.raises(BackendUnavailable):
+        await redis_store._add_job(record, None, None)  # the creator's delayed second step
+    assert await store.get(job_id) is None
+    assert await store.queued() == 0
