@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -46,7 +47,12 @@ class CancellableWrites(AbstractConnection):
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
     ) -> None:
         if not self.is_connected:
-            await self.connect_check_health(check_health=False)
+            if isinstance(self, SentinelManagedConnection):
+                # A retry after a lost connection: ask the sentinels again, as a checkout
+                # does (connect_check_health would dial the old primary's address).
+                await self.connect()  # type: ignore[no-untyped-call]
+            else:
+                await self.connect_check_health(check_health=False)
         if check_health:
             await self.check_health()  # type: ignore[no-untyped-call]
         try:
@@ -213,10 +219,12 @@ async def close_client(client: Any) -> None:
         await client.nodes_manager.aclose("startup_nodes")
         return
     await stop_watch(client)
-    await client.aclose()
-    manager = getattr(client.connection_pool, "sentinel_manager", None)
-    for sentinel in getattr(manager, "sentinels", ()):
-        await sentinel.aclose()
+    try:
+        await client.aclose()
+    finally:
+        manager = getattr(client.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
 
 
 def is_cluster(client: Any) -> bool:

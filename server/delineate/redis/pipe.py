@@ -71,7 +71,10 @@ class RedisPipe:
         # The writer buffers what the socket does not take at once; there is no drain,
         # since a Redis that stops reading is caught by the reply timeout below.
         try:
-            connection._writer.writelines(packed)
+            writer = connection._writer
+            if writer is None:  # closed under the pipe (Sentinel's watch), unseen by the reader
+                raise OSError("connection closed")
+            writer.writelines(packed)
         except (RuntimeError, OSError) as exc:
             # The socket closed before the reader saw it (a Redis killed): uvloop refuses
             # the write with RuntimeError. The same ConnectionError as any lost connection.
@@ -133,10 +136,12 @@ class RedisPipe:
 
     async def _read(self, connection: Any) -> None:
         # The stream redis-py connected; pinned by tests/server/test_redis_pipe.py.
-        stream: asyncio.StreamReader = connection._reader
+        stream: asyncio.StreamReader | None = connection._reader
         parser = hiredis.Reader()
         pending = self._pending
         try:
+            if stream is None:  # closed under the pipe before this task first ran
+                raise RedisConnectionError("Redis pipe: connection closed")
             while self._connection is connection:
                 data = await stream.read(READ_SIZE)
                 if not data:

@@ -23,7 +23,7 @@ import weakref
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from delineate.backoff import full_jitter
 
@@ -31,7 +31,8 @@ log = logging.getLogger("delineate.redis")
 
 CHANNEL = "+switch-master"
 IDLE_PING_S = 5.0
-"""A sentinel connection silent this long is pinged (a dead peer must not go unnoticed)."""
+"""A sentinel connection silent this long is pinged, and given up after as long again
+without an answer (a paused or cut-off sentinel must not go unnoticed)."""
 
 
 class SwitchWatch:
@@ -42,7 +43,7 @@ class SwitchWatch:
         self._service = service
         self._kwargs = {**sentinel_kwargs, "socket_timeout": None}  # a quiet channel is fine
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._primary: str | None = None
+        self._primary: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.switches = 0
         """Switches of this service's primary acted on (for tests and the log)."""
@@ -60,8 +61,10 @@ class SwitchWatch:
         return Tracked
 
     def start(self) -> None:
+        if self._tasks:
+            return
         self._tasks = [
-            asyncio.create_task(self._listen(host, port), name=f"sentinel-watch-{port}")
+            asyncio.create_task(self._listen(host, port), name=f"sentinel-watch-{host}:{port}")
             for host, port in self._sentinels
         ]
 
@@ -73,48 +76,67 @@ class SwitchWatch:
 
     async def switched(self, data: str) -> None:
         """A ``+switch-master`` message: ``<service> <old ip> <old port> <new ip> <new port>``.
-        Every sentinel announces the switch; the first announcement of a primary acts."""
+        Every sentinel announces the switch, and each announcement closes the connections
+        not on the new primary: one made through a sentinel that had not caught up yet is
+        closed by a later announcement, and those already on the new primary go on."""
         fields = data.split()
         if len(fields) != 5 or fields[0] != self._service:
             return
-        primary = f"{fields[3]}:{fields[4]}"
-        if primary == self._primary:
+        primary = (fields[3], int(fields[4]))
+        if primary != self._primary:
+            self._primary = primary
+            self.switches += 1
+        stale = [
+            connection
+            for connection in list(self._connections)
+            if connection.is_connected and (connection.host, connection.port) != primary
+        ]
+        if not stale:
             return
-        self._primary = primary
-        self.switches += 1
-        connections = list(self._connections)
         log.warning(
-            "sentinels switched %s to %s; closing %d connections so they find it",
-            self._service, primary, len(connections),
+            "sentinels switched %s to %s:%d; closing %d connections so they find it",
+            self._service, *primary, len(stale),
         )  # fmt: skip
         await asyncio.gather(
-            *(connection.disconnect(nowait=True) for connection in connections),
-            return_exceptions=True,
+            *(connection.disconnect(nowait=True) for connection in stale), return_exceptions=True
         )
 
     async def _listen(self, host: str, port: int) -> None:
         failures = 0
         while True:
             try:
-                async with (
-                    aioredis.Redis(host=host, port=port, **self._kwargs) as sentinel,
-                    sentinel.pubsub(ignore_subscribe_messages=True) as pubsub,
-                ):
-                    await pubsub.subscribe(CHANNEL)
-                    failures = 0
-                    while True:
-                        message = await pubsub.get_message(timeout=IDLE_PING_S)
-                        if message is None:
-                            await pubsub.ping()
-                        elif message["type"] == "message":
-                            data = message["data"]
-                            await self.switched(
-                                data.decode() if isinstance(data, bytes) else str(data)
-                            )
-            except (RedisError, OSError) as exc:
-                failures += 1
-                log.info("sentinel %s:%d watch lost (%s); again", host, port, exc)
-                await asyncio.sleep(full_jitter(failures, base=0.2, cap=5.0))
+                await self._follow(host, port)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                level = logging.WARNING if isinstance(exc, AuthenticationError) else logging.INFO
+                log.log(level, "sentinel %s:%d watch lost (%s); again", host, port, exc)
+            except Exception:  # whatever it was, the watch lives on and tries again
+                log.exception("sentinel %s:%d watch failed; again", host, port)
+            failures += 1
+            await asyncio.sleep(full_jitter(failures, base=0.2, cap=5.0))
+
+    async def _follow(self, host: str, port: int) -> None:
+        """One connection's subscription, until it fails or stays silent past a ping."""
+        async with (
+            aioredis.Redis(host=host, port=port, **self._kwargs) as sentinel,
+            sentinel.pubsub(ignore_subscribe_messages=True) as pubsub,
+        ):
+            async with asyncio.timeout(IDLE_PING_S):  # a paused sentinel answers nothing
+                await pubsub.subscribe(CHANNEL)
+            unanswered = False
+            while True:
+                message = await pubsub.get_message(timeout=IDLE_PING_S)
+                if message is None:
+                    if unanswered:
+                        raise TimeoutError(f"no answer to a ping in {IDLE_PING_S} s")
+                    await pubsub.ping()
+                    unanswered = True
+                    continue
+                unanswered = False
+                if message["type"] == "message":
+                    data = message["data"]
+                    await self.switched(data.decode() if isinstance(data, bytes) else str(data))
 
 
 async def stop_watch(client: Any) -> None:

@@ -210,3 +210,21 @@ async def test_a_primary_left_without_replicas_is_a_lost_connection(tmp_path: Pa
         await pipe.aclose()
         await client.aclose()
         alone.stop()
+
+
+@pytest.mark.parametrize("when", ["after its reader started", "before its reader started"])
+async def test_a_connection_closed_under_the_pipe_is_a_lost_connection(
+    pipe: RedisPipe, when: str
+) -> None:
+    """Sentinel's watch closes the pipe's connection from outside at a switch. A call in
+    the moment before the pipe's reader notices gets redis-py's ConnectionError like any lost
+    connection (not an AttributeError of the closed socket), and the next call reconnects."""
+    if when == "after its reader started":
+        assert await pipe.call("PING") == b"PONG"
+        connection = pipe._connection
+    else:
+        connection = await pipe._connect()
+    await connection.disconnect(nowait=True)
+    with pytest.raises(RedisConnectionError):
+        await pipe.call("PING")
+    assert await pipe.call("PING") == b"PONG"

@@ -44,7 +44,8 @@ async def test_connections_leave_a_paused_primary_when_the_sentinels_switch(
     believes it is still the primary until the sentinels demote it (their INFO round, up to
     10 s) and serves reads that lack every write since, to every connection still on it.
     The client closes its connections (the pool's and a pipe's) at the switch, so reads right
-    after the resume come from the new primary."""
+    after the resume come from the new primary, and a command in flight is sent again there
+    (its reconnect asks the sentinels, not the old address)."""
     client = redis_client(Settings(redis_url=sentinels.url))
     follow_failovers(client)
     pipe = RedisPipe(client.connection_pool)
@@ -55,6 +56,8 @@ async def test_connections_leave_a_paused_primary_when_the_sentinels_switch(
         assert await client.get("delineate:test:k") == b"before"  # a pooled connection too
         os.kill(old.pid, signal.SIGSTOP)
         try:
+            # In flight on the paused primary at the switch: sent again on the new one.
+            waiting = asyncio.create_task(client.blpop(["delineate:test:q"], timeout=15))
             await asyncio.to_thread(
                 wait_for, lambda: sentinels.primary_port() != old.port, 30, "a failover"
             )
@@ -64,10 +67,14 @@ async def test_connections_leave_a_paused_primary_when_the_sentinels_switch(
             )
             watch = client.connection_pool.switch_watch
             await asyncio.to_thread(wait_for, lambda: watch.switches, 10, "the switch")
+            with redis.Redis(port=new, socket_timeout=2) as primary:
+                primary.rpush("delineate:test:q", "pushed")
         finally:
             os.kill(old.pid, signal.SIGCONT)
         assert await pipe.call("GET", "delineate:test:k") == b"after"
         assert await client.get("delineate:test:k") == b"after"
+        async with asyncio.timeout(10):
+            assert await waiting == (b"delineate:test:q", b"pushed")
     finally:
         await pipe.aclose()
         await close_client(client)
