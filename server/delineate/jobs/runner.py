@@ -133,8 +133,10 @@ class JobRunner:
         self._stop_reason = stop_reason
         self._rng = rng or random.Random()
 
-    async def run(self, record: JobRecord) -> None:
-        """Run a queued job, or take over one whose replica was lost mid-run."""
+    async def run(self, record: JobRecord) -> bool:
+        """Run a queued job, or take over one whose replica was lost mid-run. False when the
+        claim found no job at all: the store lost it, or answered from a node behind the
+        primary; the worker then lets the store decide about the queue entry."""
         job = record.job
         token = logs.job_id_var.set(job.job_id)
         attributes: dict[str, str | int] = {
@@ -147,12 +149,18 @@ class JobRunner:
                 "job.run", context=tracing.context_of(record.traceparent), attributes=attributes
             ) as span:
                 log.info("job started (attempt %d)", job.attempt + 1)
-                if not await self._run(record):
+                try:
+                    ran = await self._run(record)
+                except JobLost:
+                    span.set_attribute("job.status", "lost")
+                    return False
+                if not ran:
                     span.set_attribute("job.status", "not_run")
-                    return
+                    return True
                 log.info("job %s", job.status.value)
                 span.set_attribute("job.status", job.status.value)
                 span.set_attribute("job.attempt", job.attempt)
+                return True
         finally:
             logs.job_id_var.reset(token)
 
@@ -181,6 +189,8 @@ class JobRunner:
             own = isinstance(exc, Fenced | StatusMoved) and await self._claimed_already(record)
             if not own:
                 log.info("job %s changed before it started (%s); not running it", job.job_id, exc)
+                if isinstance(exc, JobLost):
+                    raise
                 return False
         output = _Output()
         try:

@@ -16,6 +16,7 @@ import enum
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -66,7 +67,7 @@ class Worker:
         )
         self._dispatcher: asyncio.Task[None] | None = None
         self._slots: set[asyncio.Task[None]] = set()
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, asyncio.Task[bool]] = {}
         self._stop_reasons: dict[str, str] = {}
         self.on_job: Callable[[JobRecord], None] = _ignore
         """Told when a job starts here and when it ends (the operations dashboard)."""
@@ -199,8 +200,11 @@ class Worker:
             self._running.pop(job_id, None)
             self._stop_reasons.pop(job_id, None)
         self.observe(record)
-        crashed = not task.cancelled() and task.exception() is not None
-        return Outcome.INTERRUPTED if crashed else Outcome.DONE
+        if task.cancelled():
+            return Outcome.DONE
+        if task.exception() is not None:
+            return Outcome.INTERRUPTED
+        return Outcome.DONE if task.result() else Outcome.MISSING
 
     def _reason(self, job_id: str) -> str | None:
         return self._stop_reasons.get(job_id)
@@ -210,6 +214,6 @@ def _ignore(record: JobRecord) -> None:
     pass
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
+def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("task %s failed", task.get_name(), exc_info=task.exception())

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from delineate.journal.fencing import WriteMode
@@ -49,16 +50,18 @@ async def test_an_attempt_that_crashes_on_an_unexpected_error_is_run_again(
     assert crashes == 1
 
 
+@pytest.mark.parametrize("behind", ["store", "journal"])
 async def test_a_job_a_stale_read_misses_is_run_again_not_dropped(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, behind: str
 ) -> None:
-    """After a Sentinel failover the old primary, back from its own files, answers reads
-    until the sentinels demote it, and it lacks the jobs created since. A worker whose read
-    of a taken job lands there finds no record: the job's queue entry must not be dropped
-    (the job would stay queued for good) but left to lapse, and the store reads afresh.
-    Here the store's read pipe is on a second, empty redis-server until a read went there."""
+    """After a Sentinel failover the old primary, back from its own files, answers until
+    the sentinels demote it, and it lacks the jobs created since. A worker whose read of a
+    taken job (store) or whose claim (journal) lands there finds no job: the job's queue
+    entry must not be dropped (the job would stay queued for good) but left to lapse, and
+    the job runs. Here that pipe is on a second, empty redis-server until a call went there."""
     stale = RedisServer(tmp_path, name="redis-deposed")
     stale.start()
+    deposed_pool = aioredis.ConnectionPool.from_url(stale.url)
     try:
         settings = Settings(
             redis_url=redis_server.url, data_dir=str(tmp_path), job_lease_ms=600,
@@ -66,15 +69,15 @@ async def test_a_job_a_stale_read_misses_is_run_again_not_dropped(
         )  # fmt: skip
         async with running_app(settings) as served:
             store: Any = served.services.store
-            deposed_pool = aioredis.ConnectionPool.from_url(stale.url)
-            primary_pipe, store._pipe = store._pipe, RedisPipe(deposed_pool)
+            holder: Any = store if behind == "store" else served.services.jobs._journal
+            primary_pipe, holder._pipe = holder._pipe, RedisPipe(deposed_pool)
             job_id = await served.initiate([70000])
             async with aioredis.Redis.from_url(stale.url) as deposed, asyncio.timeout(20):
-                # Until the worker's read missed the job there.
-                while not (await deposed.info("commandstats")).get("cmdstat_hget"):  # noqa: ASYNC110
+                # Until the worker's read or claim missed the job there.
+                while not (await deposed.info("commandstats")).keys() & CALLS:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             # The sentinels demoted it: the next connection finds the new primary.
-            stale_pipe, store._pipe = store._pipe, primary_pipe
+            stale_pipe, holder._pipe = holder._pipe, primary_pipe
             await stale_pipe.aclose()
             final = None
             async with asyncio.timeout(15):
@@ -82,7 +85,11 @@ async def test_a_job_a_stale_read_misses_is_run_again_not_dropped(
                     await asyncio.sleep(0.1)
                     final = await store.get(job_id)
     finally:
+        await deposed_pool.disconnect()
         stale.stop()
     assert final is not None
     assert final.job.status.value == "completed"
     assert store.stale_reads >= 1
+
+
+CALLS = {"cmdstat_hget", "cmdstat_evalsha", "cmdstat_eval"}
