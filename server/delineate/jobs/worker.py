@@ -46,7 +46,7 @@ class Outcome(enum.Enum):
 
     DONE = "done"  # acked
     INTERRUPTED = "interrupted"  # left to lapse: a worker runs the job again
-    MISSING = "missing"  # no record read: dropped unless the store has it after all
+    MISSING = "missing"  # the read or the claim found no job: dropped unless the store has it
 
 
 class Worker:
