@@ -386,9 +386,10 @@ class RedisJobStore(JobStore):
             except (RedisError, OSError) as exc:
                 log.warning("lease renewal failed (will retry): %s", exc)
 
-    async def _lease_call(self, queue: str, entry_id: bytes, action: str) -> bool:
+    async def _lease_call(self, queue: str, entry_id: bytes, action: str, *job_key: str) -> int:
+        """The LEASE script's answer (see its comment)."""
         args: list[str | bytes] = [keys.WORKER_GROUP, self.consumer, entry_id, action]
-        return bool(await self._lease(keys=[queue], args=args))
+        return int(await self._lease(keys=[queue, *job_key], args=args))
 
     @unavailable_on_disconnect
     async def ack(self, job_id: str) -> None:
@@ -425,9 +426,8 @@ class RedisJobStore(JobStore):
         gone with its entry: nothing to give back)."""
         queue, entry_id, renewer = lease
         renewer.cancel()
-        args: list[str | bytes] = [keys.WORKER_GROUP, self.consumer, entry_id, action]
         try:
-            return int(await self._lease(keys=[queue, *job_key], args=args))
+            return await self._lease_call(queue, entry_id, action, *job_key)
         except ResponseError as exc:
             if not is_nogroup(exc):
                 raise

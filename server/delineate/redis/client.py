@@ -33,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from delineate.redis.errors import from_a_lost_primary
-from delineate.redis.sentinel import SwitchWatch, stop_watch
+from delineate.redis.sentinel import SwitchWatch, stop_watch, watch_of
 from delineate.redis.url import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:  # the settings check REDIS_URL with this package's parser
@@ -176,7 +176,7 @@ def _sentinel_client(target: RedisTarget, settings: Settings) -> Any:
 def follow_failovers(client: Any) -> None:
     """Start ``client``'s watch of the sentinels (``delineate.redis.sentinel``), if it has one;
     ``close_client`` stops it. Needs the running loop, unlike building the client."""
-    watch = getattr(getattr(client, "connection_pool", None), "switch_watch", None)
+    watch = watch_of(client)
     if watch is not None:
         watch.start()
 

@@ -8,10 +8,11 @@ believes it is the primary until they demote it, which takes up to their 10-seco
 round. Meanwhile a connection still on it reads data that lacks every write since (a job
 created since is "not found"), and a pub/sub connection on it hears no frame.
 
-``SwitchWatch`` subscribes to ``+switch-master`` on every sentinel and, at a switch of this
-service, closes every connection the client's pools made (the pool's, the pipes', the pub/sub
-listener's): each reconnects and asks the sentinels again. It is what the sentinels' own
-``CLIENT KILL`` at the demotion does, seconds earlier; Jedis and Lettuce listen the same way.
+``SwitchWatch`` subscribes to ``+switch-master`` on every sentinel and, at each announcement
+for this service, closes the connections the client's pools made (the pool's, the pipes',
+the pub/sub listener's) that are not on the new primary: each reconnects and asks the
+sentinels again. It is what the sentinels' own ``CLIENT KILL`` at the demotion does, seconds
+earlier; Jedis and Lettuce listen the same way.
 """
 
 from __future__ import annotations
@@ -139,9 +140,14 @@ class SwitchWatch:
                     await self.switched(data.decode() if isinstance(data, bytes) else str(data))
 
 
+def watch_of(client: Any) -> SwitchWatch | None:
+    """``client``'s watch: a Sentinel client has one (``delineate.redis.client``)."""
+    return getattr(getattr(client, "connection_pool", None), "switch_watch", None)
+
+
 async def stop_watch(client: Any) -> None:
-    """Stop ``client``'s watch, if it has one (a Sentinel client)."""
-    watch = getattr(client.connection_pool, "switch_watch", None)
+    """Stop ``client``'s watch, if it has one."""
+    watch = watch_of(client)
     if watch is not None:
         with contextlib.suppress(Exception):
             await watch.stop()
