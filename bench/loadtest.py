@@ -421,6 +421,35 @@ SUBSCRIBERS = {
 }
 
 
+STRAGGLER_S = 15.0
+"""How long a subscriber may wait for its job's terminal frame after another subscriber of
+the same job in this process received it: the reference servers keep no history, so one
+that missed it would otherwise wait out --max-seconds."""
+
+
+async def cut_stragglers(watchers: list[Watcher], tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the subscribers still waiting STRAGGLER_S after their job's end was seen here,
+    each recorded with an error (it counts as unfinished)."""
+    ended_at: dict[str, float] = {}
+    waiting = list(zip(watchers, tasks, strict=True))
+    while waiting:
+        await asyncio.sleep(0.5)
+        now = time.monotonic()
+        for watcher in watchers:
+            if watcher.final_seq is not None:
+                ended_at.setdefault(watcher.job_id, now)
+        still = []
+        for watcher, task in waiting:
+            if task.done() or watcher.final_seq is not None or watcher.error is not None:
+                continue
+            if now - ended_at.get(watcher.job_id, now) >= STRAGGLER_S:
+                watcher.error = f"no terminal frame {STRAGGLER_S:.0f} s after its job's end"
+                task.cancel()
+            else:
+                still.append((watcher, task))
+        waiting = still
+
+
 async def all_in(watchers: list[Watcher]) -> None:
     """Wait until every subscriber is connected (or has failed)."""
     # Polled: thousands of subscribers would each need to poke a shared event.
@@ -600,7 +629,9 @@ async def work(args: argparse.Namespace, plan: Any, first: int, count: int) -> d
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    everyone = asyncio.gather(*tasks)
+    running = [asyncio.ensure_future(task) for task in tasks]
+    everyone = asyncio.gather(*running, return_exceptions=True)
+    stragglers = asyncio.create_task(cut_stragglers(watchers, running))
     marked: asyncio.Future[float] = loop.create_future()
 
     async def answer_mark() -> None:
@@ -616,12 +647,15 @@ async def work(args: argparse.Namespace, plan: Any, first: int, count: int) -> d
             await all_in(watchers)
             say("in")
             await answer_mark()
-            await everyone
+            for outcome in await everyone:
+                if isinstance(outcome, Exception):
+                    raise outcome  # a subscriber's own bug, not a cut straggler
     except TimeoutError:
         timed_out = True
         everyone.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await everyone
+    stragglers.cancel()
     at_mark = marked.result() if marked.done() else cpu_seconds()
     cpu_at_end = cpu_seconds()
     say("ended")

@@ -29,18 +29,24 @@ async def follow(ws: WebSocket) -> None:
         while (await ws.receive())["type"] != "websocket.disconnect":
             pass
 
-    closed = asyncio.ensure_future(until_closed())
-    try:
-        async with broadcast.subscribe(channel=channel) as subscriber:
+    async with broadcast.subscribe(channel=channel) as subscriber:
+
+        async def forward() -> None:
             async for event in subscriber:
-                if closed.done():
-                    return
                 await ws.send_text(event.message)
                 if '"type":"completed"' in event.message:
                     await ws.close()
                     return
-    finally:
-        closed.cancel()
+
+        # Whichever ends first ends the other: a socket its client closed must not keep a
+        # handler (and its subscription) waiting for a frame that may never come.
+        tasks = [asyncio.ensure_future(forward()), asyncio.ensure_future(until_closed())]
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            task.result()
 
 
 async def send(channel: str, text: str) -> None:

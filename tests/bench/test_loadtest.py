@@ -99,6 +99,30 @@ async def test_handshakes_in_flight_are_bounded(monkeypatch: pytest.MonkeyPatch)
     assert all(w.final_seq == 1 and w.error is None for w in watchers)
 
 
+async def test_a_subscriber_that_missed_its_jobs_end_is_cut_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reference server keeps no history: a subscriber that missed the terminal frame
+    would wait out --max-seconds. Once another subscriber of its job got that frame, it has
+    STRAGGLER_S, then it is cancelled and counted unfinished; one whose job nobody saw end
+    is left alone."""
+    monkeypatch.setattr(loadtest, "STRAGGLER_S", 0.2)
+    finished, straggler, other_job = (loadtest.Watcher(j) for j in ("a", "a", "b"))
+    finished.record(3, 0.0, "completed")
+    never = asyncio.get_running_loop().create_future()
+    tasks = [asyncio.ensure_future(asyncio.sleep(0)), asyncio.ensure_future(asyncio.shield(never)),
+             asyncio.ensure_future(asyncio.shield(never))]  # fmt: skip
+    cut = asyncio.create_task(loadtest.cut_stragglers([finished, straggler, other_job], tasks))
+    await asyncio.sleep(1.5)
+    assert tasks[1].cancelled()
+    assert straggler.error is not None and "terminal frame" in straggler.error
+    assert straggler.final_seq is None
+    assert not tasks[2].done() and other_job.error is None
+    assert not cut.done()  # still watching the job nobody saw end
+    cut.cancel()
+    tasks[2].cancel()
+
+
 def test_refuses_remote_targets() -> None:
     """Only loopback targets unless asked otherwise."""
     out = subprocess.run(
