@@ -48,6 +48,13 @@ RAW_SEND_KEY = "delineate.raw_send"
 """Where a WebSocket scope keeps the server's own ASGI ``send`` (this is the outermost app)."""
 
 
+def drop_raw_send(scope: Scope) -> None:
+    """The app is done with the connection: the server's protocol holds the scope and the
+    send holds the protocol, so left in place every connection would end in a cycle that
+    only the cyclic collector frees."""
+    scope.pop(RAW_SEND_KEY, None)
+
+
 def request_id_from(headers: Headers) -> str:
     """The caller's X-Request-ID when it is 1-128 printable characters, else a new uuid4."""
     incoming = headers.get("x-request-id", "")
@@ -100,8 +107,17 @@ class EdgeHeaders:
         if scope["type"] == "websocket":
             # No local holds the headers: this frame lasts as long as the socket.
             scope.setdefault("state", {})["request_id"] = request_id_from(Headers(scope=scope))
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                drop_raw_send(scope)
             return
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            drop_raw_send(scope)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         request_id = request_id_from(headers)
         scope.setdefault("state", {})["request_id"] = request_id

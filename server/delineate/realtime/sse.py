@@ -119,6 +119,7 @@ class EventStream(Response):
             await self._stream(receive, send)
         finally:
             self._session.finish()
+            self._watch.outbox.detach()
             self._release()
 
     async def _stream(self, receive: Receive, send: Send) -> None:

@@ -167,6 +167,7 @@ async def _serve(ws: WebSocket, handler: Handler) -> None:
         await _closed(ws)
     finally:
         session.finish()
+        outbox.detach()
         services.connections.release(address)
 
 
