@@ -115,9 +115,11 @@ async def test_a_subscriber_that_missed_its_jobs_end_is_cut_not_waited_for(
     cut = asyncio.create_task(loadtest.cut_stragglers([finished, straggler, other_job], tasks))
     await asyncio.sleep(1.5)
     assert tasks[1].cancelled()
-    assert straggler.error is not None and "terminal frame" in straggler.error
+    assert straggler.error is not None
+    assert "terminal frame" in straggler.error
     assert straggler.final_seq is None
-    assert not tasks[2].done() and other_job.error is None
+    assert not tasks[2].done()
+    assert other_job.error is None
     assert not cut.done()  # still watching the job nobody saw end
     cut.cancel()
     tasks[2].cancel()
