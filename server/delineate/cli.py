@@ -19,6 +19,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from delineate import app as app_module
+    from delineate import gc_tuning
     from delineate.observability import logs
     from delineate.uvicorn_ext.http import HttpLimits, limited_http_protocol
     from delineate.uvicorn_ext.sockets import LeanWebSocketProtocol
@@ -47,21 +48,9 @@ def serve(args: argparse.Namespace) -> int:
         log_config=None,  # keep the logging set up above
         proxy_headers=False,
     )
-    tune_gc()
+    gc_tuning.tune()
     draining_server_class()(config, services).run()
     return 0
-
-
-def tune_gc() -> None:
-    """Move everything loaded at start-up out of the collector's sight, and collect the young
-    generation less often. Thousands of long-lived sockets are thousands of objects a full
-    collection walks while the event loop stands still; frames are reference-counted garbage,
-    not cycles, so fewer collections cost nothing in memory."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def seed(args: argparse.Namespace) -> int:

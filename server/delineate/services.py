@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from redis.exceptions import RedisError
 
+from delineate import gc_tuning
 from delineate.backoff import full_jitter
 from delineate.broker.base import Broker
 from delineate.errors import BackendUnavailable
@@ -284,6 +285,10 @@ async def running(services: Services) -> AsyncIterator[Services]:
         stack.push_async_callback(services.jobs.stop)
         monitor = asyncio.create_task(services.loop_lag.run(), name="loop-lag")
         stack.callback(monitor.cancel)
+        sweeps = asyncio.create_task(
+            gc_tuning.sweep_every(services.settings.gc_sweep_interval_s), name="gc-sweep"
+        )
+        stack.callback(sweeps.cancel)
         audits = asyncio.create_task(
             services.hub.run_audits(services.settings.watch_audit_s), name="watch-audit"
         )

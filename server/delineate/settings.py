@@ -113,6 +113,10 @@ class Settings(msgspec.Struct, kw_only=True, rename="upper", forbid_unknown_fiel
     slow_consumer_deadline_s: Seconds = 10.0
     """A connection whose outbox stays full this long is closed (1013; resume with since)."""
 
+    gc_sweep_interval_s: Annotated[float, msgspec.Meta(ge=60)] = 3600.0
+    """A served replica freezes what survives each young pass of the cyclic collector
+    (``delineate.gc_tuning``); this often, one full pass frees the cyclic garbage that kept."""
+
     # --- closing real-time connections ---
     close_deadline_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
     """How long a real-time connection being closed (close frame sent, event stream ended,
