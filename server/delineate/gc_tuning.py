@@ -3,9 +3,10 @@
 Thousands of long-lived sockets are hundreds of thousands of tracked objects, and a pass of
 an older generation walks every one of them while the event loop stands still: the first
 generation-1 pass after 11,000 sockets connected took 0.55 s and found 10 objects of
-garbage (docs/performance.md). The replica's long-lived objects make no cycles: a closed
-socket or stream is freed by reference counting (``tests/server/realtime/test_teardown.py``),
-and frames are plain garbage that never outlives a young pass.
+garbage (docs/performance.md). Connections, most of a replica's long-lived objects, end
+without cycles: a closed socket or stream is freed by reference counting
+(``tests/server/realtime/test_teardown.py``), and frames are garbage that never outlives a
+young pass.
 
 So (``tune``): everything loaded at start-up is frozen out of the collector's sight, young
 passes come every 50,000 allocations, and whatever survives a young pass is frozen too
