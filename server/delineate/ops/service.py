@@ -105,6 +105,9 @@ class Ops:
         self.running: dict[str, JobRecord] = {}
         self._jobs: deque[JobEntry] = deque(maxlen=settings.ops_buffer)
         self._errors: deque[ErrorEntry] = deque(maxlen=settings.ops_buffer)
+        # Jobs whose crash was logged here lately: their failure needs no entry of its own.
+        # Not the unflushed buffer: a flush between the crash and the failure would empty it.
+        self._jobs_logged: deque[str] = deque(maxlen=settings.ops_buffer)
         self._spans: deque[SpanRecord] = deque(maxlen=max(settings.ops_spans, 1))
         self._sentry_ids: OrderedDict[str, str] = OrderedDict()
         self._counters: stats.Counters | None = None
@@ -129,7 +132,7 @@ class Ops:
     def _job_failed(self, record: JobRecord) -> None:
         job = record.job
         assert job.error is not None
-        if any(e.job_id == job.job_id for e in self._errors):
+        if job.job_id in self._jobs_logged:
             return  # its crash was logged already, with the exception
         self.on_error(
             ErrorEntry(
@@ -150,6 +153,8 @@ class Ops:
         if running is not None:  # a job's log line knows its job, not the request behind it
             entry.request_id = entry.request_id or running.request_id
             entry.trace_id = entry.trace_id or running.job.trace_id
+        if entry.job_id is not None:
+            self._jobs_logged.append(entry.job_id)
         self._errors.append(entry)
 
     def on_span(self, span: ReadableSpan) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 from delineate.jobs import state
+from delineate.ops.errorlog import ErrorLog
 from delineate.ops.service import Ops
 from delineate.ops.store import MemoryOpsStore
 from delineate.record import JobRecord
@@ -61,3 +64,25 @@ async def test_failures_of_the_service_are_errors_the_callers_are_not() -> None:
     assert len(errors) == 1
     assert b'"jobId":"c"' in errors[0]
     assert b'"requestId":"req-c"' in errors[0]
+
+
+async def test_a_crash_logged_before_a_flush_is_the_failures_only_error() -> None:
+    """The crash's log line (with its exception) is the job's error; the failure that
+    follows adds none, even when the buffer was flushed in between."""
+    watcher, job = ops(), record("e")
+    watcher.on_job(job)
+    state.transition(job.job, JobStatus.PROCESSING)
+    crash = logging.LogRecord("delineate.jobs", logging.ERROR, __file__, 1, "job crashed", (), None)
+    crash.job_id = "e"
+    try:
+        raise IsADirectoryError("downloads/70007.zip")
+    except OSError as exc:
+        crash.exc_info = (type(exc), exc, exc.__traceback__)
+    ErrorLog("r1", watcher.on_error).emit(crash)
+    await watcher.flush()  # the dashboard's loop runs between the two
+    state.transition(job.job, JobStatus.FAILED, JobError(code="internal_error", message="x"))
+    watcher.on_job(job)
+    await watcher.flush()
+    _, errors = await watcher.store.recent()
+    assert len(errors) == 1
+    assert b"IsADirectoryError" in errors[0]
