@@ -62,6 +62,7 @@ async def test_a_job_a_stale_read_misses_is_run_again_not_dropped(
     stale = RedisServer(tmp_path, name="redis-deposed")
     stale.start()
     deposed_pool = aioredis.ConnectionPool.from_url(stale.url)
+    stale_pipe = RedisPipe(deposed_pool)
     try:
         settings = Settings(
             redis_url=redis_server.url, data_dir=str(tmp_path), job_lease_ms=600,
@@ -70,21 +71,23 @@ async def test_a_job_a_stale_read_misses_is_run_again_not_dropped(
         async with running_app(settings) as served:
             store: Any = served.services.store
             holder: Any = store if behind == "store" else served.services.jobs._journal
-            primary_pipe, holder._pipe = holder._pipe, RedisPipe(deposed_pool)
+            primary_pipe, holder._pipe = holder._pipe, stale_pipe
             job_id = await served.initiate([70000])
             async with aioredis.Redis.from_url(stale.url) as deposed, asyncio.timeout(20):
                 # Until the worker's read or claim missed the job there.
                 while not (await deposed.info("commandstats")).keys() & CALLS:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
-            # The sentinels demoted it: the next connection finds the new primary.
-            stale_pipe, holder._pipe = holder._pipe, primary_pipe
-            await stale_pipe.aclose()
+            # The sentinels demoted it: the next call finds the new primary. The stale
+            # pipe stays open until the end: the worker may not have read the miss's
+            # reply yet, and a closed connection would be retried on the primary instead.
+            holder._pipe = primary_pipe
             final = None
             async with asyncio.timeout(15):
                 while final is None or not final.job.status.is_terminal:
                     await asyncio.sleep(0.1)
                     final = await store.get(job_id)
     finally:
+        await stale_pipe.aclose()
         await deposed_pool.disconnect()
         stale.stop()
     assert final is not None
