@@ -226,28 +226,29 @@ def test_the_dashboard_is_refused_without_the_operator_role(
         replica.stop()
 
 
-UNAVAILABLE = '{"error":"Service Unavailable","message":"down","requestId":"r-1"}'
-
-
 def test_page_errors_reach_sentry_tagged_with_the_trace_and_ask_for_feedback(
     tmp_path: Path, artifacts_dir: Path, page: Page
 ) -> None:
-    """A failed API call and an uncaught error reach the browser DSN with the trace id; the
-    dialog sends what the person typed as a user report of that event."""
+    """A failed API call (the replica's Redis is gone: a real 503) and an uncaught error
+    reach the browser DSN with the trace id; the dialog sends what the person typed as a
+    user report of that event. No request interception: Chromium's keepalive fetches,
+    which the page's reports are, can stall or fail while a test intercepts requests."""
+    redis = started(RedisServer(tmp_path, name="redis-sentry"))
     with SentryServer() as sentry:
-        env = {"DATA_DIR": str(tmp_path / "data"), "BROWSER_SENTRY_DSN": sentry.dsn}
+        env = {
+            "DATA_DIR": str(tmp_path / "data"), "REDIS_URL": redis.url,
+            "BROWSER_SENTRY_DSN": sentry.dsn,
+        }  # fmt: skip
         replica = started(Replica("browser-sentry", env, tmp_path))
         try:
-            page.route(
-                "**/v1/download/initiate",
-                lambda route: route.fulfill(status=503, body=UNAVAILABLE),
-            )
             traces: list[str] = []
             page.on(
                 "request",
                 lambda r: traces.append(r.headers.get("traceparent", "-").split("-")[1]),
             )
             page.goto(replica.url)
+            page.wait_for_selector("#start:enabled")
+            redis.stop()
             with page.expect_request("**/v1/download/initiate") as sent:
                 page.fill("#file-ids", "70000")
                 page.click("#start")
@@ -276,3 +277,4 @@ def test_page_errors_reach_sentry_tagged_with_the_trace_and_ask_for_feedback(
             assert uncaught["tags"]["trace_id"] in traces  # the trace of the page's last call
         finally:
             replica.stop()
+            redis.stop()
