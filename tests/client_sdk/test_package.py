@@ -4,6 +4,7 @@ script and the installed CLI with a token command)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -45,17 +46,26 @@ def run(*argv: str | Path, timeout: float = 300, **kwargs: object) -> str:
 
 
 @pytest.fixture(scope="module")
-def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The client wheel built from client_sdk/ and installed (with the lock) in a new venv."""
-    tmp = tmp_path_factory.mktemp("client-package")
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", tmp / "wheels",
-        ROOT / "client_sdk")  # fmt: skip
-    (wheel,) = (tmp / "wheels").glob("delineate_client-*.whl")
-    run(sys.executable, "-m", "venv", tmp / "venv")
-    pip = tmp / "venv" / "bin" / "pip"
-    run(pip, "install", "--quiet", "--disable-pip-version-check",
-        "-c", ROOT / "constraints.txt", wheel)  # fmt: skip
-    return tmp / "venv"
+def client_venv(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The client wheel built from client_sdk/ and installed (with the lock) in a new venv;
+    built once for the session, in the session's directory that xdist workers share."""
+    session_dir = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        session_dir = session_dir.parent  # pytest-N/popen-gwK: pytest-N is this session's
+    shared = session_dir / "client-package"
+    shared.mkdir(exist_ok=True)
+    with (shared / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits for the first one's build
+        venv = shared / "venv"
+        if not (shared / "built").exists():
+            run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                "-w", shared / "wheels", ROOT / "client_sdk")  # fmt: skip
+            (wheel,) = (shared / "wheels").glob("delineate_client-*.whl")
+            run(sys.executable, "-m", "venv", "--clear", venv)
+            run(venv / "bin" / "pip", "install", "--quiet", "--disable-pip-version-check",
+                "-c", ROOT / "constraints.txt", wheel)  # fmt: skip
+            (shared / "built").touch()
+    return venv
 
 
 def site_packages(venv: Path) -> Path:
@@ -112,6 +122,7 @@ def test_mypy_strict_sees_the_frame_union_in_a_users_code(
     assert "error:" not in out.stdout  # import-untyped and the like
 
 
+@pytest.mark.parametrize("backend_kind", ["redis"])  # the package's concern, not the backend's
 def test_the_installed_client_follows_a_job_with_auth_on(
     client_venv: Path, replica_factory: ReplicaFactory, tmp_path: Path
 ) -> None:

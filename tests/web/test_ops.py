@@ -135,6 +135,13 @@ def test_a_job_from_the_page_shows_in_the_ops_view_with_one_trace_across_replica
         page.wait_for_selector(f'.span-row[data-span="job.run"][data-replica="{back.name}"]')
         assert page.text_content("#trace-id") == trace_id
         page.locator("#trace").screenshot(path=str(artifacts_dir / "browser" / "ops-trace.png"))
+        # Not left for the replica's stop, which would wait out its drain for the long job.
+        httpx.post(f"{front.url}/v1/download/cancel/{blocker.json()['jobId']}", timeout=5)
+        wait_for_status(front, blocker.json()["jobId"], "cancelled")
+        # Stopped while the receiver is up: their exporters' last flush would otherwise
+        # retry against a closed port.
+        front.stop()
+        back.stop()
 
 
 def test_a_background_job_error_shows_on_a_replica_that_did_not_run_it(
