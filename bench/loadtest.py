@@ -34,6 +34,7 @@ import ipaddress
 import json
 import os
 import resource
+import socket
 import sys
 import tempfile
 import time
@@ -374,9 +375,38 @@ def process_usage(pid: int) -> tuple[float, int]:
     return cpu, peak
 
 
-def redis_pids(args: argparse.Namespace) -> list[tuple[str, int]]:
-    """``--redis-pid NAME=PID`` pairs."""
-    return [(name, int(pid)) for name, pid in (v.split("=", 1) for v in args.redis_pid)]
+def redis_info(port: int, section: str) -> dict[str, str]:
+    """One ``INFO`` section of a local Redis node, as its ``name:value`` lines."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"INFO {section}\r\n".encode())
+        reply = sock.makefile("rb")
+        header = reply.readline()  # a bulk string: b"$<length>\r\n"
+        if not header.startswith(b"$"):
+            raise ConnectionError(f"Redis on port {port} answered INFO with {header!r}")
+        body = reply.read(int(header[1:]))
+    return dict(line.split(":", 1) for line in body.decode().splitlines() if ":" in line)
+
+
+def redis_cpu_seconds(port: int) -> float:
+    """A local Redis node's CPU seconds so far, from its ``INFO cpu`` (getrusage, in us):
+    /proc counts 10 ms ticks, too coarse for the few ms a second an idle node spends."""
+    info = redis_info(port, "cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def redis_command_usec(port: int) -> dict[str, tuple[int, int]]:
+    """(calls, usec) so far of each command a local Redis node ran (``INFO commandstats``:
+    time inside the command, without reading, writing or the Cluster bus)."""
+    stats = {}
+    for name, value in redis_info(port, "commandstats").items():
+        fields = dict(field.split("=", 1) for field in value.split(","))
+        stats[name.removeprefix("cmdstat_")] = (int(fields["calls"]), int(fields["usec"]))
+    return stats
+
+
+def redis_ports(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """``--redis-port NAME=PORT`` pairs."""
+    return [(name, int(port)) for name, port in (v.split("=", 1) for v in args.redis_port)]
 
 
 def check_loopback(urls: list[str], allow_remote: bool) -> None:
@@ -516,7 +546,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(SETTLE_S)
                 steady["ms"] = time.time() * 1000
                 steady["usage"] = {pid: process_usage(pid) for pid in args.pid}
-                steady["redis_usage"] = {name: process_usage(pid) for name, pid in redis_pids(args)}
+                steady["redis_usage"] = {
+                    name: (redis_cpu_seconds(port), redis_command_usec(port))
+                    for name, port in redis_ports(args)
+                }
                 steady["redis_since"] = time.monotonic()
                 frames = 0
                 for worker in workers:
@@ -773,10 +806,25 @@ def summarize(
         # (divide by subscribers per job for the cost per frame published).
         steady_frames = frames - steady_start["frames"]
         result["redis_cpu_us_per_frame"] = {
-            name: round((process_usage(pid)[0] - steady_start["redis_usage"][name][0])
+            name: round((redis_cpu_seconds(port) - steady_start["redis_usage"][name][0])
                         * 1e6 / steady_frames, 2) if steady_frames else None
-            for name, pid in redis_pids(args)
+            for name, port in redis_ports(args)
         }  # fmt: skip
+        if steady_frames:
+            # Where it goes: each command's time and calls per frame, all nodes together.
+            commands: dict[str, list[float]] = {}
+            for name, port in redis_ports(args):
+                before = steady_start["redis_usage"][name][1]
+                for command, (calls, usec) in redis_command_usec(port).items():
+                    was_calls, was_usec = before.get(command, (0, 0))
+                    total = commands.setdefault(command, [0.0, 0.0])
+                    total[0] += (usec - was_usec) / steady_frames
+                    total[1] += (calls - was_calls) / steady_frames
+            result["redis_commands_per_frame"] = {
+                command: {"us": round(us, 3), "calls": round(calls, 4)}
+                for command, (us, calls) in sorted(commands.items(), key=lambda c: -c[1][0])
+                if calls
+            }
         result["redis_steady"] = {
             "seconds": round(time.monotonic() - steady_start["redis_since"], 3),
             "frames": steady_frames,
@@ -802,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=120, help="hard stop")
     parser.add_argument("--pid", type=int, action="append", default=[], help="local server pid")
     parser.add_argument(
-        "--redis-pid", action="append", default=[], metavar="NAME=PID",
+        "--redis-port", action="append", default=[], metavar="NAME=PORT",
         help="a local Redis node whose CPU per frame to report",
     )  # fmt: skip
     parser.add_argument("--allow-remote", action="store_true")

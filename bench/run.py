@@ -19,7 +19,9 @@ socket, the frames' latency, and each replica's worst event-loop lag (a 10 ms ti
 
 Scenario "cluster": Delineate's fan-out on one Redis primary with its replica and on a Redis
 Cluster of 3 primaries + 3 replicas (``redis_modes``), with each Redis node's CPU per delivered
-frame in the steady window (raw, and less what the node spends idle) beside the replicas' own.
+frame in the steady window (raw, and less what the node spends idle; from the node's own
+``INFO cpu``) and each command's time per frame (``INFO commandstats``), beside the replicas'
+own CPU.
 
 Scenario "ceiling": each server (Node socket.io with its Redis adapter too) on one replica,
 stepping the subscribers (``--ceiling-steps`` x ``--rate`` frames/s, ``--ceiling-seconds`` each,
@@ -202,29 +204,28 @@ def ramp_allowance(subscribers: int) -> float:
 
 
 def redis_roles(redis: Redis) -> list[tuple[str, int]]:
-    """(role-port, pid) of every Redis node: "primary-7001", "replica-7004"."""
+    """(role-port, port) of every Redis node: ("primary-7001", 7001), ("replica-7004", 7004)."""
     if isinstance(redis, RedisServer):
-        return [(f"primary-{redis.port}", redis.pid or 0)]
+        return [(f"primary-{redis.port}", redis.port)]
     if isinstance(redis, ReplicatedRedis):
         return [
-            (f"primary-{redis.primary.port}", redis.primary.pid or 0),
-            (f"replica-{redis.replica.port}", redis.replica.pid or 0),
+            (f"primary-{redis.primary.port}", redis.primary.port),
+            (f"replica-{redis.replica.port}", redis.replica.port),
         ]
     primaries = set(redis.primary_ports())
     return [
-        (f"{'primary' if n.port in primaries else 'replica'}-{n.port}", n.pid or 0)
-        for n in redis.nodes
+        (f"{'primary' if n.port in primaries else 'replica'}-{n.port}", n.port) for n in redis.nodes
     ]
 
 
 def idle_cpu_rate(roles: Sequence[tuple[str, int]], seconds: float) -> dict[str, float]:
     """Each Redis node's CPU-us per second with the replicas up and no job: the polling,
     leases and (Cluster) the bus and replication pings, paid whatever the frame rate."""
-    from bench.loadtest import process_usage
+    from bench.loadtest import redis_cpu_seconds
 
-    before = {name: process_usage(pid)[0] for name, pid in roles}
+    before = {name: redis_cpu_seconds(port) for name, port in roles}
     time.sleep(seconds)
-    return {name: (process_usage(pid)[0] - before[name]) * 1e6 / seconds for name, pid in roles}
+    return {name: (redis_cpu_seconds(port) - before[name]) * 1e6 / seconds for name, port in roles}
 
 
 def with_marginal(result: dict[str, Any], idle_us_per_s: dict[str, float]) -> dict[str, Any]:
@@ -270,8 +271,8 @@ def fanout(
         argv += ["--samples", str(samples)]
     for node in nodes:
         argv += ["--url", node.url, "--pid", str(node.pid)]
-    for name, pid in redis_nodes:
-        argv += ["--redis-pid", f"{name}={pid}"]
+    for name, port in redis_nodes:
+        argv += ["--redis-port", f"{name}={port}"]
     out = subprocess.run(
         argv, capture_output=True, text=True, timeout=args.seconds * 3 + 150, check=False
     )

@@ -278,6 +278,12 @@ def check_redis_modes(report: dict[str, Any], table: str) -> None:
         marginal = result["redis_cpu_us_per_frame_marginal"]
         assert marginal.keys() == result["redis_cpu_us_per_frame"].keys()
         assert all(0 <= marginal[k] <= v for k, v in result["redis_cpu_us_per_frame"].items())
+        # Where the time goes: the per-frame script, and inside it the mode's publish.
+        commands = result["redis_commands_per_frame"]
+        publish = "publish" if mode == "replicated" else "spublish"
+        assert commands["evalsha"]["calls"] > 0, commands
+        assert commands[publish]["calls"] > 0, commands
+        assert ("spublish" if mode == "replicated" else "publish") not in commands
         assert f"redis {mode}: " in table
     assert report["pubsub_reader"]["readers"]["broker reader"]["messages"] == 30
 
