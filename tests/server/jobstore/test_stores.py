@@ -20,7 +20,7 @@ from delineate.record import JobRecord
 from delineate.redis import keys
 from delineate.redis.client import close_client, redis_client
 from delineate.settings import Settings
-from tests.support.services import RedisServer
+from tests.support.services import RedisCluster, RedisServer
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])
@@ -96,6 +96,31 @@ async def test_a_read_whose_connection_is_lost_is_sent_again(redis_server: Redis
     finally:
         await store.stop()
         await close_client(client)
+
+
+@pytest.mark.parametrize("store", ["cluster"], indirect=True)
+async def test_a_queue_read_on_a_cluster_is_one_round_trip(
+    store: JobStore, session_cluster: RedisCluster
+) -> None:
+    """redis-py asks a node ``COMMAND GETKEYS`` for a stream read's keys unless told them:
+    two extra round trips before every poll of every queue partition."""
+    import redis
+
+    for port in session_cluster.primary_ports():
+        with redis.Redis(port=port, socket_timeout=5) as client:
+            client.config_resetstat()
+    record = new_record()
+    await store.create(record, None)
+    assert await store.take() == record.job.job_id
+    await store.ack(record.job.job_id)
+    reads = getkeys = 0
+    for port in session_cluster.primary_ports():
+        with redis.Redis(port=port, socket_timeout=5) as client:
+            stats = client.info("commandstats")
+        reads += stats.get("cmdstat_xreadgroup", {}).get("calls", 0)
+        getkeys += stats.get("cmdstat_command|getkeys", {}).get("calls", 0)
+    assert reads >= 1
+    assert getkeys == 0
 
 
 @pytest.mark.parametrize("store", ["cluster"], indirect=True)

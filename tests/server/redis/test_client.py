@@ -2,6 +2,7 @@
 
 On Python 3.11 redis-py's own connection loses most of these (its writes run under
 ``asyncio.wait_for``); a lost one let a cancelled or handed-back job run on to its end.
+On a Cluster, it routes a stream read by the keys it reads from the command itself.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ConnectionError
 
-from delineate.redis.client import CancellableWrites, redis_client
+from delineate.redis.client import CancellableWrites, redis_client, stream_read_keys
 from delineate.settings import Settings
 from tests.support.services import RedisServer
 
@@ -86,3 +87,24 @@ async def test_a_primary_without_replicas_is_a_lost_connection(tmp_path: Path) -
     finally:
         await client.aclose()
         alone.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "keys"),
+    [
+        (("XREADGROUP", "GROUP", "g", "c", "COUNT", 1, "STREAMS", "q{0}", "q{1}", ">", ">"),
+         ["q{0}", "q{1}"]),
+        ((b"XREADGROUP", b"GROUP", b"g", b"c", b"BLOCK", 50, b"NOACK", b"STREAMS", b"q", b">"),
+         [b"q"]),
+        (("xread", "count", 5, "block", 0, "streams", "h", "0-0"), ["h"]),
+        # A consumer or group named like an option is not one.
+        (("XREADGROUP", "GROUP", "STREAMS", "COUNT", "STREAMS", "q", ">"), ["q"]),
+        (("XREADGROUP", "GROUP", "g", "c", "STREAMS", "q", "r", ">"), None),  # odd: the node
+        (("XREADGROUP", "GROUP", "g", "c", "LATER", 1, "STREAMS", "q", ">"), None),
+        (("XREAD", "STREAMS"), None),
+        (("GET", "k"), None),
+    ],
+)  # fmt: skip
+def test_a_stream_reads_keys_come_from_the_command(args: tuple[object, ...], keys: object) -> None:
+    """None sends the command to redis-py's own finder, which asks a node."""
+    assert stream_read_keys(args) == keys
