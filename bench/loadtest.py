@@ -379,11 +379,11 @@ def redis_info(port: int, section: str) -> dict[str, str]:
     """One ``INFO`` section of a local Redis node, as its ``name:value`` lines."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(f"INFO {section}\r\n".encode())
-        reply = sock.makefile("rb")
-        header = reply.readline()  # a bulk string: b"$<length>\r\n"
-        if not header.startswith(b"$"):
-            raise ConnectionError(f"Redis on port {port} answered INFO with {header!r}")
-        body = reply.read(int(header[1:]))
+        with sock.makefile("rb") as reply:
+            header = reply.readline()  # a bulk string: b"$<length>\r\n"
+            if not header.startswith(b"$"):
+                raise ConnectionError(f"Redis on port {port} answered INFO with {header!r}")
+            body = reply.read(int(header[1:]))
     return dict(line.split(":", 1) for line in body.decode().splitlines() if ":" in line)
 
 
@@ -811,19 +811,24 @@ def summarize(
             for name, port in redis_ports(args)
         }  # fmt: skip
         if steady_frames:
-            # Where it goes: each command's time and calls per frame, all nodes together.
-            commands: dict[str, list[float]] = {}
+            # Where it goes: each command's time and calls per frame, by role (a script's
+            # time includes the commands it runs, which count under their own names too).
+            roles: dict[str, dict[str, list[float]]] = {}
             for name, port in redis_ports(args):
                 before = steady_start["redis_usage"][name][1]
+                commands = roles.setdefault(name.split("-", 1)[0], {})
                 for command, (calls, usec) in redis_command_usec(port).items():
                     was_calls, was_usec = before.get(command, (0, 0))
                     total = commands.setdefault(command, [0.0, 0.0])
                     total[0] += (usec - was_usec) / steady_frames
                     total[1] += (calls - was_calls) / steady_frames
             result["redis_commands_per_frame"] = {
-                command: {"us": round(us, 3), "calls": round(calls, 4)}
-                for command, (us, calls) in sorted(commands.items(), key=lambda c: -c[1][0])
-                if calls
+                role: {
+                    command: {"us": round(us, 3), "calls": round(calls, 4)}
+                    for command, (us, calls) in sorted(commands.items(), key=lambda c: -c[1][0])
+                    if calls
+                }
+                for role, commands in roles.items()
             }
         result["redis_steady"] = {
             "seconds": round(time.monotonic() - steady_start["redis_since"], 3),

@@ -227,7 +227,7 @@ def stream_read_keys(args: tuple[Any, ...]) -> list[Any] | None:
     ``STREAMS``); None for another command or one this does not parse (the node decides)."""
 
     def word(arg: Any) -> str:
-        return (arg.decode() if isinstance(arg, bytes) else str(arg)).upper()
+        return (arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)).upper()
 
     name = word(args[0]) if args else ""
     if name not in ("XREAD", "XREADGROUP"):

@@ -113,13 +113,16 @@ async def test_a_queue_read_on_a_cluster_is_one_round_trip(
     await store.create(record, None)
     assert await store.take() == record.job.job_id
     await store.ack(record.job.job_id)
-    reads = getkeys = 0
+    reads = redirected = getkeys = 0
     for port in session_cluster.primary_ports():
         with redis.Redis(port=port, socket_timeout=5) as client:
             stats = client.info("commandstats")
         reads += stats.get("cmdstat_xreadgroup", {}).get("calls", 0)
+        # A read sent to a node that does not own its slot is refused with MOVED.
+        redirected += stats.get("cmdstat_xreadgroup", {}).get("rejected_calls", 0)
         getkeys += stats.get("cmdstat_command|getkeys", {}).get("calls", 0)
     assert reads >= 1
+    assert redirected == 0
     assert getkeys == 0
 
 
