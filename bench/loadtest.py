@@ -387,21 +387,18 @@ def redis_info(port: int, section: str) -> dict[str, str]:
     return dict(line.split(":", 1) for line in body.decode().splitlines() if ":" in line)
 
 
-def redis_cpu_seconds(port: int) -> float:
-    """A local Redis node's CPU seconds so far, from its ``INFO cpu`` (getrusage, in us):
-    /proc counts 10 ms ticks, too coarse for the few ms a second an idle node spends."""
-    info = redis_info(port, "cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
-def redis_command_usec(port: int) -> dict[str, tuple[int, int]]:
-    """(calls, usec) so far of each command a local Redis node ran (``INFO commandstats``:
-    time inside the command, without reading, writing or the Cluster bus)."""
-    stats = {}
-    for name, value in redis_info(port, "commandstats").items():
-        fields = dict(field.split("=", 1) for field in value.split(","))
-        stats[name.removeprefix("cmdstat_")] = (int(fields["calls"]), int(fields["usec"]))
-    return stats
+def redis_usage(port: int) -> tuple[float, dict[str, tuple[int, int]]]:
+    """A local Redis node's CPU seconds so far and (calls, usec) of each command it ran, in
+    one ``INFO cpu commandstats``. The CPU is getrusage's, in us: /proc counts 10 ms ticks,
+    too coarse for the few ms a second an idle node spends. A command's usec is the time
+    inside it, without reading, writing or the Cluster bus."""
+    info = redis_info(port, "cpu commandstats")
+    commands = {}
+    for name, value in info.items():
+        if name.startswith("cmdstat_"):
+            fields = dict(field.split("=", 1) for field in value.split(","))
+            commands[name.removeprefix("cmdstat_")] = (int(fields["calls"]), int(fields["usec"]))
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"]), commands
 
 
 def redis_ports(args: argparse.Namespace) -> list[tuple[str, int]]:
@@ -547,8 +544,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 steady["ms"] = time.time() * 1000
                 steady["usage"] = {pid: process_usage(pid) for pid in args.pid}
                 steady["redis_usage"] = {
-                    name: (redis_cpu_seconds(port), redis_command_usec(port))
-                    for name, port in redis_ports(args)
+                    name: redis_usage(port) for name, port in redis_ports(args)
                 }
                 steady["redis_since"] = time.monotonic()
                 frames = 0
@@ -805,20 +801,22 @@ def summarize(
         # Each Redis node's CPU in the steady window, per frame delivered to a subscriber
         # (divide by subscribers per job for the cost per frame published).
         steady_frames = frames - steady_start["frames"]
+        redis_before = steady_start["redis_usage"]
+        redis_after = {name: redis_usage(port) for name, port in redis_ports(args)}
         result["redis_cpu_us_per_frame"] = {
-            name: round((redis_cpu_seconds(port) - steady_start["redis_usage"][name][0])
-                        * 1e6 / steady_frames, 2) if steady_frames else None
-            for name, port in redis_ports(args)
-        }  # fmt: skip
+            name: round((cpu - redis_before[name][0]) * 1e6 / steady_frames, 2)
+            if steady_frames
+            else None
+            for name, (cpu, _) in redis_after.items()
+        }
         if steady_frames:
             # Where it goes: each command's time and calls per frame, by role (a script's
             # time includes the commands it runs, which count under their own names too).
             roles: dict[str, dict[str, list[float]]] = {}
-            for name, port in redis_ports(args):
-                before = steady_start["redis_usage"][name][1]
+            for name, (_, now) in redis_after.items():
                 commands = roles.setdefault(name.split("-", 1)[0], {})
-                for command, (calls, usec) in redis_command_usec(port).items():
-                    was_calls, was_usec = before.get(command, (0, 0))
+                for command, (calls, usec) in now.items():
+                    was_calls, was_usec = redis_before[name][1].get(command, (0, 0))
                     total = commands.setdefault(command, [0.0, 0.0])
                     total[0] += (usec - was_usec) / steady_frames
                     total[1] += (calls - was_calls) / steady_frames

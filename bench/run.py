@@ -221,11 +221,11 @@ def redis_roles(redis: Redis) -> list[tuple[str, int]]:
 def idle_cpu_rate(roles: Sequence[tuple[str, int]], seconds: float) -> dict[str, float]:
     """Each Redis node's CPU-us per second with the replicas up and no job: the polling,
     leases and (Cluster) the bus and replication pings, paid whatever the frame rate."""
-    from bench.loadtest import redis_cpu_seconds
+    from bench.loadtest import redis_usage
 
-    before = {name: redis_cpu_seconds(port) for name, port in roles}
+    before = {name: redis_usage(port)[0] for name, port in roles}
     time.sleep(seconds)
-    return {name: (redis_cpu_seconds(port) - before[name]) * 1e6 / seconds for name, port in roles}
+    return {name: (redis_usage(port)[0] - before[name]) * 1e6 / seconds for name, port in roles}
 
 
 def with_marginal(result: dict[str, Any], idle_us_per_s: dict[str, float]) -> dict[str, Any]:
