@@ -27,6 +27,7 @@ from delineate.ops.store import OpsStore
 from delineate.ratelimit import FixedWindowLimiter, Limiter
 from delineate.realtime.admission import ConnectionCap
 from delineate.realtime.closing import ClosePacer
+from delineate.realtime.draining import Draining
 from delineate.realtime.hub import Hub
 from delineate.settings import Settings
 from delineate.storage.base import Storage
@@ -55,8 +56,8 @@ class Services(msgspec.Struct, kw_only=True):
     """The HTTP rate limit's counter (in Redis when REDIS_URL is set, shared by replicas)."""
     ops: Ops
     """This replica's part of the operations dashboard (``delineate.ops``)."""
-    draining: asyncio.Event = msgspec.field(default_factory=asyncio.Event)
-    """Set on SIGTERM: streams end so clients reconnect to another replica."""
+    draining: Draining = msgspec.field(default_factory=Draining)
+    """Set on SIGTERM: event streams end so clients reconnect to another replica."""
     redis: Any = None
     """The shared redis.asyncio client, when REDIS_URL is set."""
 

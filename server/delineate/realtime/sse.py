@@ -12,10 +12,12 @@ chunk at once; the response is complete once the client has everything, else the
 is reset at CLOSE_DEADLINE_S (``wire.DirectStream.end``). The per-address slot and the gauge
 are released then.
 
-While the stream's writer waits on an empty outbox, an event is written straight to the
-response's transport as a body chunk (``wire.DirectStream``), without a task switch or the
-middlewares' send wrappers; the response's start and end, keepalives, a paused transport and
-anything queued go through the writer and ASGI.
+The request's own task serves the stream and waits for the client to go away. An event is
+written straight to the response's transport as a body chunk (``wire.DirectStream``), from
+the hub's delivery, without a task switch or the middlewares' send wrappers; the response's
+start and end, a paused transport and what had to be queued go through ASGI, the queue in a
+writer task that runs only while there is one. A drain (``realtime.draining``), an
+overflowing outbox and the terminal event's turn stop the stream from outside.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ from delineate.http.edge import RAW_SEND_KEY
 from delineate.http.params import job_id_param, services_of
 from delineate.realtime import resume
 from delineate.realtime.closing import ClosePacer
+from delineate.realtime.draining import Draining
 from delineate.realtime.hub import Hub, Watch
 from delineate.realtime.outbox import CONTROL_SEQ, Outgoing, outbox_for
 from delineate.realtime.resume import Since
 from delineate.realtime.session import Session
 from delineate.uvicorn_ext.sockets import DirectStream, direct_stream
-from delineate.wire import format_sse_event
+from delineate.wire import body_chunk, format_sse_event
 from delineate_protocol.frames import POSITION_PATTERN
 
 __all__ = ["EventStream", "format_retry", "format_sse_event", "parse_since", "stream"]
@@ -50,8 +53,7 @@ KEEPALIVE = b": keepalive\n\n"
 KEEPALIVE_SLACK_S = 0.005  # a timer may fire a hair early
 KEEPALIVE_DUE = Outgoing("", CONTROL_SEQ, "keepalive", "")
 """Queued by the stream's timer when nothing went out for the keepalive interval."""
-STREAM_DONE = Outgoing("", CONTROL_SEQ, "done", "")
-"""Queued on its close's turn once the terminal event went out directly: end the response."""
+KEEPALIVE_CHUNK = body_chunk(KEEPALIVE)
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",  # tells nginx not to buffer this response
@@ -85,6 +87,13 @@ def parse_since(raw: str | None) -> Since | None:
 
 
 class EventStream(Response):
+    """One event stream, served by the request's own task, as a WebSocket is
+    (``websocket.SocketSession``): the task waits for the client to go away; events go out
+    directly from the hub's delivery; a writer task runs only while events have to wait (a
+    paused transport, another server) and ends once they are sent. Thousands of these sit
+    open at once, and their ends come together when jobs end, so every task and every
+    wake-up here is per stream."""
+
     media_type = "text/event-stream"
 
     def __init__(
@@ -93,7 +102,7 @@ class EventStream(Response):
         watch: Watch,
         session: Session,
         release: Callable[[], None],
-        draining: asyncio.Event,
+        draining: Draining,
         closes: ClosePacer,
         *,
         keepalive_s: float,
@@ -101,7 +110,6 @@ class EventStream(Response):
         close_deadline_s: float,
     ) -> None:
         self._release, self._draining, self._closes = release, draining, closes
-        self._started = False
         super().__init__(headers=SSE_HEADERS, media_type=self.media_type)
         # Response assumed an empty body; a stream has no length.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
@@ -111,40 +119,156 @@ class EventStream(Response):
         self._last_sent = 0.0
         self._keepalive: asyncio.TimerHandle | None = None
         self._direct: DirectStream | None = None
+        self._send: Send | None = None
+        self._main: asyncio.Task[object] | None = None
+        self._writer: asyncio.Task[bool] | None = None
+        self._listening = False
+        self._stopping = False
+        self._finished = False
+        """The terminal event went out and its turn to end came."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._session.start()
         self._direct = direct_stream(scope.get(RAW_SEND_KEY))
         try:
-            await self._stream(receive, send)
+            await self._serve(receive, send)
         finally:
             self._session.finish()
             self._watch.outbox.detach()
             self._release()
 
-    async def _stream(self, receive: Receive, send: Send) -> None:
-        pump = asyncio.ensure_future(self._pump(send))
-        # A client that stopped reading leaves the pump stuck in a send: the outbox stops it.
-        self._watch.outbox.on_overflow = pump.cancel
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
-        drain = asyncio.ensure_future(self._draining.wait())
+    async def _serve(self, receive: Receive, send: Send) -> None:
+        outbox = self._watch.outbox
         try:
-            await asyncio.wait({pump, gone, drain}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await _body(send, format_retry(self._retry_ms))
+        except BaseException:
             self._hub.unwatch(self._watch)
-            for task in (pump, gone, drain):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await pump
-        finished = pump.done() and not pump.cancelled() and pump.exception() is None
-        if self._started and (finished or self._draining.is_set() or self._overflowed):
+            raise
+        self._main = main = asyncio.current_task()
+        assert main is not None
+        self._send = send
+        self._last_sent = asyncio.get_running_loop().time()
+        self._arm_keepalive()
+        # A client that stopped reading leaves the writer stuck in a send: the outbox stops it.
+        outbox.on_overflow = self._stop
+        if self._direct is not None:
+            outbox.direct = self._write_now
+        if len(outbox):  # the replay, queued before the stream started
+            self._start_writer()
+        else:
+            outbox.start_writer = self._start_writer
+        self._draining.add(self._stop)  # (stops at once when the drain started already)
+        self._listening = True
+        try:
+            if not self._stopping:
+                await _wait_disconnect(receive)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise  # cancelled from outside (shutdown)
+            main.uncancel()
+        finally:
+            self._listening = False
+            writer = await self._wind_down()
+        if writer is not None and not writer.cancelled():
+            error = writer.exception()
+            if error is not None and not isinstance(error, OSError):
+                raise error
+        if self._finished or self._draining.is_set() or outbox.overflowed:
             # The terminal frame went out, the replica drains (EventSource reconnects
             # elsewhere) or the client is too slow (it resumes with Last-Event-ID).
             await self._end(send)
 
-    @property
-    def _overflowed(self) -> bool:
-        return self._watch.outbox.overflowed
+    async def _wind_down(self) -> asyncio.Task[bool] | None:
+        """Stop writing and following the job; drop what refers back to this stream (a
+        cycle only the cyclic collector would free). The writer, if one ran, to check."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        self._draining.discard(self._stop)
+        self._watch.outbox.start_writer = None
+        writer, self._writer, self._main = self._writer, None, None
+        try:
+            if writer is not None:
+                writer.remove_done_callback(self._writer_ended)
+                writer.cancel()
+                await asyncio.wait([writer])
+        finally:
+            self._hub.unwatch(self._watch)
+            self._send = None
+        return writer
+
+    def _stop(self) -> None:
+        """End the stream: its terminal event's turn came, the replica drains
+        (``Draining``), the outbox overflowed (``Outbox.on_overflow``), or the writer failed.
+        A writer stuck in a send to a client that stopped reading is cancelled."""
+        self._stopping = True
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+        main = self._main
+        if self._listening and main is not None:
+            self._listening = False  # one cancel, which the task takes back (uncancel)
+            main.cancel()
+
+    def _start_writer(self) -> None:
+        """``Outbox.start_writer``: an event that has to wait starts a writer."""
+        self._writer = writer = asyncio.ensure_future(self._write())
+        writer.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, writer: asyncio.Task[bool]) -> None:
+        if writer is not self._writer:
+            return
+        if not writer.cancelled() and writer.exception() is None and writer.result():
+            self._writer = None  # drained; the next event that has to wait starts another
+        else:
+            self._stop()  # finished, failed or cancelled
+
+    async def _write(self) -> bool:
+        """Send what is queued through ASGI. True: all sent and the stream goes on; False:
+        its terminal event went out and its turn to end came, or the outbox overflowed."""
+        outbox, send = self._watch.outbox, self._send
+        assert send is not None
+        loop = asyncio.get_running_loop()
+        while (item := outbox.pop()) is not None:
+            if item is KEEPALIVE_DUE:
+                await _body(send, KEEPALIVE)
+                continue
+            await _body(send, item.sse_event)
+            self._last_sent = loop.time()
+            self._session.sent(item)
+            if item.terminal:
+                await self._closes.turn()  # ending the response can wait; frames first
+                self._finished = True
+                return False
+        if outbox.overflowed:
+            return False
+        # In the same step as the check that nothing is queued: an event put after it
+        # starts a new writer (or goes out directly), never waits behind this one.
+        outbox.start_writer = self._start_writer
+        return True
+
+    def _write_now(self, items: Sequence[Outgoing]) -> bool:
+        """``Outbox.direct``: write events at once (frames published together, in one
+        write). After the terminal event, the stream ends on its turn in the close pacer."""
+        direct, last = self._direct, items[-1]
+        if direct is None:
+            return False
+        if last is KEEPALIVE_DUE:  # always put alone
+            return direct.write(KEEPALIVE_CHUNK)
+        data = last.sse_chunk if len(items) == 1 else b"".join(i.sse_chunk for i in items)
+        if not direct.write(data):
+            return False
+        self._last_sent = asyncio.get_running_loop().time()
+        for item in items:
+            self._session.sent(item)
+        if last.terminal:
+            self._closes.schedule(self._turn_to_end)
+        return True
+
+    def _turn_to_end(self) -> None:
+        self._finished = True
+        self._stop()
 
     async def _end(self, send: Send) -> None:
         """End the response; when this returns the client has taken it all, or
@@ -156,52 +280,6 @@ class EventStream(Response):
         with contextlib.suppress(OSError, RuntimeError, TimeoutError):
             async with asyncio.timeout(self._close_deadline_s):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _pump(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        self._started = True
-        await _body(send, format_retry(self._retry_ms))
-        loop = asyncio.get_running_loop()
-        self._last_sent = loop.time()
-        self._arm_keepalive()
-        if self._direct is not None:
-            self._watch.outbox.direct = self._write_now
-        try:
-            while (item := await self._watch.outbox.get()) is not None:
-                if item is KEEPALIVE_DUE:
-                    await _body(send, KEEPALIVE)
-                    continue
-                if item is STREAM_DONE:
-                    return
-                await _body(send, item.sse_event)
-                self._last_sent = loop.time()
-                self._session.sent(item)
-                if item.terminal:
-                    await self._closes.turn()  # ending the response can wait; frames first
-                    return
-            # The outbox overflowed: end the stream; EventSource reconnects with Last-Event-ID.
-        finally:
-            if self._keepalive is not None:
-                self._keepalive.cancel()
-
-    def _write_now(self, items: Sequence[Outgoing]) -> bool:
-        """``Outbox.direct``: write events at once (frames published together, in one
-        write). After the terminal event, the end of the response is queued for its turn
-        in the close pacer."""
-        last = items[-1]
-        # The two sentinels are always put alone.
-        if self._direct is None or last is KEEPALIVE_DUE or last is STREAM_DONE:
-            return False
-        data = last.sse_chunk if len(items) == 1 else b"".join(i.sse_chunk for i in items)
-        if not self._direct.write(data):
-            return False
-        self._last_sent = asyncio.get_running_loop().time()
-        for item in items:
-            self._session.sent(item)
-        if last.terminal:
-            outbox = self._watch.outbox
-            self._closes.schedule(lambda: outbox.put(STREAM_DONE))
-        return True
 
     def _arm_keepalive(self) -> None:
         """One timer per stream, due a keepalive interval after the last event, rather than

@@ -13,12 +13,15 @@ from websockets.asyncio.client import connect
 
 from delineate.realtime.outbox import Outbox
 from delineate.realtime.session import Session
+from delineate.realtime.sse import EventStream
 from delineate.settings import Settings
 from delineate.uvicorn_ext.sockets import DirectSocket, LeanWebSocketProtocol
 from tests.support.inprocess import running_app
 
-PER_CONNECTION = (LeanWebSocketProtocol, DirectSocket, Session, Outbox, RequestResponseCycle)
-PER_SOCKET = (LeanWebSocketProtocol, DirectSocket, Session, Outbox)
+PER_CONNECTION = (
+    LeanWebSocketProtocol, DirectSocket, Session, Outbox, EventStream, RequestResponseCycle,
+)  # fmt: skip
+PER_SOCKET = (LeanWebSocketProtocol, DirectSocket, Session, Outbox, EventStream)
 
 
 def census(things: list[object], kinds: tuple[type, ...]) -> dict[str, int]:
@@ -46,8 +49,9 @@ async def test_closed_sockets_and_streams_leave_nothing_for_the_collector(
     tmp_path: Path,
 ) -> None:
     """WebSocket subscribers (closed by the server after the terminal frame, and closing
-    first), SSE streams and plain requests: once they are over, none of the server's
-    per-connection objects waits for the cyclic collector. Kept in a cycle, each closed
+    first), SSE streams (ended by the server, and left by the client) and plain requests:
+    once they are over, none of the server's per-connection objects waits for the cyclic
+    collector. Kept in a cycle, each closed
     socket was about 40 objects that only a collector pass frees; thousands of them made that
     pass stall the loop, and freezing live sockets out of its sight would have leaked them."""
     settings = Settings(
@@ -74,19 +78,20 @@ async def test_closed_sockets_and_streams_leave_nothing_for_the_collector(
                         if '"completed"' in str(message):
                             return
 
-            async def stream() -> None:
+            async def stream(*, to_the_end: bool) -> None:
                 url = f"/v1/download/stream/{job_id}"
                 async with served.http.stream("GET", url) as response:
                     assert response.status_code == 200
                     async for line in response.aiter_lines():
-                        if '"completed"' in line:
+                        if '"completed"' in line and not to_the_end:
                             return
 
             async with asyncio.timeout(20):
                 await asyncio.gather(
                     *(server_closes() for _ in range(5)),
                     *(client_closes() for _ in range(5)),
-                    *(stream() for _ in range(5)),
+                    *(stream(to_the_end=False) for _ in range(5)),
+                    *(stream(to_the_end=True) for _ in range(5)),  # the server ends it
                 )
             # The server lets go of a socket once it has handled the client's close.
             with contextlib.suppress(TimeoutError):

@@ -1,0 +1,77 @@
+"""An event stream in the real app, in a real uvicorn in this process: what it holds while
+open, and how it ends on a drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from delineate.settings import Settings
+from tests.support.inprocess import running_app
+
+STREAMS = 20
+
+
+def code_file(task: asyncio.Task[Any]) -> str:
+    code = getattr(task.get_coro(), "cr_code", None)
+    return "" if code is None else code.co_filename
+
+
+async def first_event(lines: AsyncIterator[str]) -> None:
+    async for line in lines:
+        if line.startswith("event:"):
+            return
+
+
+async def test_an_open_stream_is_its_request_task_alone_and_a_drain_ends_it(
+    tmp_path: Path,
+) -> None:
+    """While open, a stream is served by uvicorn's task for its request and nothing else (no
+    writer while nothing waits, no task watching for the client or the drain): thousands of
+    streams end together when jobs end. A drain then ends every stream's response, so each
+    EventSource reconnects to another replica."""
+    settings = Settings(
+        data_dir=str(tmp_path), download_delay_min_ms=30000, download_delay_max_ms=30000
+    )
+    async with running_app(settings) as served, contextlib.AsyncExitStack() as streams:
+        job_id = await served.initiate([70000])
+        before = asyncio.all_tasks()
+        bodies = []
+        for _ in range(STREAMS):
+            response = await streams.enter_async_context(
+                served.http.stream("GET", f"/v1/download/stream/{job_id}")
+            )
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            await first_event(lines)  # the snapshot: the stream is being served
+            bodies.append(lines)
+        new = [t for t in asyncio.all_tasks() - before if not t.done()]
+        files = sorted({Path(code_file(t)).name for t in new})
+        assert sum(code_file(t).endswith("httptools_impl.py") for t in new) == STREAMS, files
+        assert not [t for t in new if code_file(t).endswith(("sse.py", "locks.py"))], files
+
+        served.services.draining.set()
+        async with asyncio.timeout(10):
+            rest = await asyncio.gather(*(read_to_end(lines) for lines in bodies))
+        assert all("event: completed" not in "".join(lines) for lines in rest)
+        assert len(served.services.draining) == 0
+        await wait_for_requests_to_end(before)
+
+
+async def read_to_end(lines: AsyncIterator[str]) -> list[str]:
+    """The rest of a response body; returns once the server ended it cleanly (a reset
+    would raise here)."""
+    return [line async for line in lines]
+
+
+async def wait_for_requests_to_end(before: set[asyncio.Task[Any]]) -> None:
+    async with asyncio.timeout(5):
+        while [  # noqa: ASYNC110 (uvicorn offers nothing to wait on)
+            t
+            for t in asyncio.all_tasks() - before
+            if not t.done() and code_file(t).endswith("httptools_impl.py")
+        ]:
+            await asyncio.sleep(0.02)
