@@ -233,24 +233,22 @@ class Timeout:
         return self._timed(scope, receive, send)
 
     async def _timed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A deadline on the request's own task, lifted once the response starts: a task of
+        # its own per request would live as long as an event stream does.
+        deadline = asyncio.timeout(self.timeout_s)
         started = False
 
         async def watch_start(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                deadline.reschedule(None)
             await send(message)
 
-        task = asyncio.ensure_future(self.app(scope, receive, watch_start))
-        try:
-            done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
-            if done or started:
-                await task
-                return
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        with contextlib.suppress(TimeoutError):
+            async with deadline:
+                await self.app(scope, receive, watch_start)
+        if started or not deadline.expired():
+            return
         message = f"the request took longer than {int(self.timeout_s * 1000)} ms"
         await send_error(send, 504, message, scope["state"]["request_id"], [])
