@@ -8,7 +8,6 @@ factory wraps the Starlette app with these, outermost first: ``EdgeHeaders`` (so
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 import uuid
@@ -242,12 +241,16 @@ class Timeout:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                deadline.reschedule(None)
+                if not deadline.expired():  # (an app that swallowed the cancel may be late)
+                    deadline.reschedule(None)
             await send(message)
 
-        with contextlib.suppress(TimeoutError):
+        try:
             async with deadline:
                 await self.app(scope, receive, watch_start)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the app's own
         if started or not deadline.expired():
             return
         message = f"the request took longer than {int(self.timeout_s * 1000)} ms"

@@ -154,26 +154,31 @@ class EventStream(Response):
         outbox.on_overflow = self._stop
         if self._direct is not None:
             outbox.direct = self._write_now
-        if len(outbox):  # the replay, queued before the stream started
-            self._start_writer()
+        if len(outbox) or outbox.overflowed:  # the replay, queued (or too long) before now
+            self._start_writer()  # (on an overflowed outbox it ends at once: _stop)
         else:
             outbox.start_writer = self._start_writer
         self._draining.add(self._stop)  # (stops at once when the drain started already)
+        cancels_before = main.cancelling()
         self._listening = True
         try:
             if not self._stopping:
                 await _wait_disconnect(receive)
         except asyncio.CancelledError:
-            if not self._stopping:
-                raise  # cancelled from outside (shutdown)
-            main.uncancel()
+            # Ours (``_stop``) is taken back; one from outside (shutdown) in the same step
+            # still counts, and goes on.
+            if not self._stopping or main.uncancel() > cancels_before:
+                raise
         finally:
             self._listening = False
             writer = await self._wind_down()
-        if writer is not None and not writer.cancelled():
-            error = writer.exception()
-            if error is not None and not isinstance(error, OSError):
+        error = None if writer is None or writer.cancelled() else writer.exception()
+        del writer
+        if error is not None and not isinstance(error, OSError):
+            try:
                 raise error
+            finally:
+                del error  # the traceback holds this frame, which would hold the error
         if self._finished or self._draining.is_set() or outbox.overflowed:
             # The terminal frame went out, the replica drains (EventSource reconnects
             # elsewhere) or the client is too slow (it resumes with Last-Event-ID).

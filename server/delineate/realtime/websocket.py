@@ -277,8 +277,8 @@ class SocketSession:
     async def run(self) -> None:
         self._main = main = asyncio.current_task()
         assert main is not None
-        if len(self._outbox):  # queued before the session ran (a single-job replay)
-            self._start_writer()
+        if len(self._outbox) or self._outbox.overflowed:  # queued before the session ran
+            self._start_writer()  # (a single-job replay; overflowed, the writer ends at once)
         else:
             self._outbox.start_writer = self._start_writer
         try:

@@ -75,3 +75,25 @@ async def wait_for_requests_to_end(before: set[asyncio.Task[Any]]) -> None:
             if not t.done() and code_file(t).endswith("httptools_impl.py")
         ]:
             await asyncio.sleep(0.02)
+
+
+async def test_a_replay_too_long_for_the_outbox_ends_the_stream(tmp_path: Path) -> None:
+    """A replay that overflows the outbox before the stream starts (here: more non-progress
+    frames than its hard limit; in production, the hub abandoning a watch it cannot bring up
+    to date): the stream ends at once, as any slow consumer's does. It used to stay open,
+    silent, holding its slot until the client gave up."""
+    settings = Settings(
+        data_dir=str(tmp_path), download_delay_min_ms=0, download_delay_max_ms=0, outbox_limit=8
+    )
+    async with running_app(settings) as served:
+        # 40 files: 40 file frames (most are unavailable, which is a frame too).
+        job_id = await served.initiate([70000 + 7 * i for i in range(40)])
+        async with asyncio.timeout(20):
+            status = f"/v1/download/status/{job_id}"
+            while (await served.http.get(status)).json()["status"] != "completed":  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            url = f"/v1/download/stream/{job_id}"
+            async with served.http.stream("GET", url, headers={"Last-Event-ID": "0"}) as response:
+                assert response.status_code == 200
+                lines = await read_to_end(response.aiter_lines())
+        assert "event: completed" not in lines  # the outbox gave up on the replay
