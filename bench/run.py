@@ -481,10 +481,10 @@ async def scale(args: argparse.Namespace, nodes: list[Any]) -> dict[str, Any]:
         await asyncio.sleep(ramp_allowance(args.subscribers))
         steady_before = {n.name: lag_buckets(n.url) for n in nodes}
         await asyncio.sleep(max(1.0, args.seconds - 2))
-        steady = {n.name: worst_lag_ms(steady_before[n.name], lag_buckets(n.url)) for n in nodes}
+        steady = worst_lags(steady_before, {n.name: lag_buckets(n.url) for n in nodes})
         streaming = await run
     finally:
-        whole = {n.name: worst_lag_ms(lag_before[n.name], lag_buckets(n.url)) for n in nodes}
+        whole = worst_lags(lag_before, {n.name: lag_buckets(n.url) for n in nodes})
         alive = await holders.close()
     return {
         "sockets": args.scale_sockets,
@@ -492,23 +492,45 @@ async def scale(args: argparse.Namespace, nodes: list[Any]) -> dict[str, Any]:
         **memory,
         "still_open": alive,
         "replica_rss_kib_peak": streaming.get("server_peak_rss_kib"),
-        "event_loop_lag_max_ms": steady,
-        "event_loop_lag_max_ms_whole_run": whole,
+        # Lag: how late the replica's ticker woke up; stall: that, less the time its thread
+        # waited for a CPU meanwhile (the replica's own share; Linux's schedstat).
+        "event_loop_lag_max_ms": steady[LAG],
+        "event_loop_stall_max_ms": steady[STALL],
+        "event_loop_lag_max_ms_whole_run": whole[LAG],
+        "event_loop_stall_max_ms_whole_run": whole[STALL],
         "streaming": streaming,
     }
 
 
-def lag_buckets(url: str) -> dict[float, float]:
-    """The cumulative buckets of ``delineate_event_loop_lag_seconds`` (upper bound: count)."""
+LAG, STALL = "delineate_event_loop_lag_seconds", "delineate_event_loop_stall_seconds"
+
+
+def lag_buckets(url: str) -> Buckets:
+    """The cumulative buckets (upper bound: count) of the replica's loop lag and stall
+    histograms, by name."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
+    found: dict[str, dict[float, float]] = {LAG: {}, STALL: {}}
+    for family in text_string_to_metric_families(text):
+        if family.name in found:
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    found[family.name][float(sample.labels["le"])] = sample.value
+    return found
+
+
+Buckets = dict[str, dict[float, float]]
+
+
+def worst_lags(
+    before: dict[str, Buckets], after: dict[str, Buckets]
+) -> dict[str, dict[str, float]]:
+    """Each histogram's worst value per replica between two readings of every replica."""
     return {
-        float(sample.labels["le"]): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "delineate_event_loop_lag_seconds_bucket"
+        name: {node: worst_lag_ms(before[node][name], after[node][name]) for node in after}
+        for name in (LAG, STALL)
     }
 
 
@@ -582,7 +604,8 @@ def table(report: dict[str, Any]) -> str:
             f"{run['kib_per_idle_socket']} KiB each); {streaming['subscribers']['websocket']:,} "
             f"following {streaming['jobs']} jobs: p99 {streaming['latency_ms']['p99']} ms, "
             f"lost {streaming['lost_frames']}; worst event-loop lag per replica "
-            f"{sorted(run['event_loop_lag_max_ms'].values())} ms"
+            f"{sorted(run['event_loop_lag_max_ms'].values())} ms (of it the replicas' own "
+            f"stalls: {sorted(run['event_loop_stall_max_ms'].values())} ms)"
         )
     return "\n".join(rows)
 

@@ -177,6 +177,10 @@ def test_make_bench_compares_three_servers_with_tiny_numbers() -> None:
     assert scale["streaming"]["unfinished_subscribers"] == 0
     assert len(scale["event_loop_lag_max_ms"]) == 4
     assert all(lag > 0 for lag in scale["event_loop_lag_max_ms"].values())
+    # A stall is a lag less the wait for a CPU: read from the same replicas, never above it.
+    stalls = scale["event_loop_stall_max_ms"]
+    assert stalls.keys() == scale["event_loop_lag_max_ms"].keys()
+    assert all(0 < stalls[n] <= scale["event_loop_lag_max_ms"][n] for n in stalls), stalls
     for server in ("delineate", "delineate-sse", "socketio", "broadcaster"):
         assert f"| {server} |" in out.stderr
     assert "initiate under load: " in out.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import gc
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -80,6 +81,12 @@ class Metrics:
             "delineate_event_loop_lag_seconds", "Lateness of each wake-up of a 10 ms ticker",
             LAG_BUCKETS, r,
         )  # fmt: skip
+        self.loop_stall = BucketCounts(
+            "delineate_event_loop_stall_seconds",
+            "Lateness of each wake-up of the 10 ms ticker less the time the event loop's thread "
+            "waited meanwhile for a CPU (Linux only): the replica's own stalls",
+            LAG_BUCKETS, r,
+        )  # fmt: skip
         self.slow_consumer = Counter(
             "delineate_slow_consumer_total",
             "Slow-consumer events: progress frames coalesced, connections closed",
@@ -126,6 +133,37 @@ class BucketCounts:
         family = HistogramMetricFamily(self.name, self.documentation)
         family.add_metric([], cumulative(self.bounds, self.counts), sum_value=self.sum)
         yield family
+
+
+class CpuWait:
+    """Seconds one thread has spent runnable but waiting for a CPU (the second field of its
+    schedstat), each reading one ``pread`` of a descriptor kept open."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def of_this_thread(cls) -> CpuWait | None:
+        """None where the kernel does not say (not Linux, or no schedstats)."""
+        try:
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        clock = cls(fd)
+        try:
+            clock.seconds()
+        except (OSError, IndexError, ValueError):
+            clock.close()
+            return None
+        return clock
+
+    def seconds(self) -> float:
+        return int(os.pread(self._fd, 96, 0).split()[1]) / 1e9
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class GcPauses:
@@ -212,12 +250,19 @@ class LoopLagMonitor:
     """A 10 ms ticker: how late it wakes up is how long the event loop was blocked.
 
     Every lateness goes into the ``delineate_event_loop_lag_seconds`` histogram, which
-    scrapes only read; the dashboard's heartbeat takes the worst since its previous beat."""
+    scrapes only read; the dashboard's heartbeat takes the worst since its previous beat.
+
+    A loop is late for one of two reasons: its own work (a long callback, a collector pass,
+    a blocking call), or a box with more runnable threads than cores, where the thread waits
+    for one. The kernel counts the second (``run_delay`` in ``/proc/thread-self/schedstat``),
+    so ``delineate_event_loop_stall_seconds`` gets each lateness less that wait: what the
+    replica's own code cost."""
 
     TICK_S = 0.01
 
     def __init__(self, metrics: Metrics) -> None:
         self._histogram = metrics.loop_lag
+        self._stalls = metrics.loop_stall
         self._gc_pauses = metrics.gc_pauses
         self._worst_beat = 0.0
 
@@ -225,8 +270,10 @@ class LoopLagMonitor:
         import asyncio
 
         tick, clock, observe = self.TICK_S, time.perf_counter, self._histogram.observe
+        waited = CpuWait.of_this_thread()  # opened here: the loop's thread is the one measured
         gc.callbacks.append(self._gc_pauses)
         try:
+            waited_before = waited.seconds() if waited else 0.0
             while True:
                 started = clock()
                 await asyncio.sleep(tick)
@@ -234,8 +281,14 @@ class LoopLagMonitor:
                 observe(lag)
                 if lag > self._worst_beat:
                     self._worst_beat = lag
+                if waited is not None:
+                    waited_now = waited.seconds()
+                    self._stalls.observe(max(lag - (waited_now - waited_before), 0.0))
+                    waited_before = waited_now
         finally:
             gc.callbacks.remove(self._gc_pauses)
+            if waited is not None:
+                waited.close()
 
     def reset_beat(self) -> float:
         """The worst lag since the dashboard's last heartbeat (scrapes never reset anything)."""
